@@ -42,6 +42,14 @@ class SplitDataset(DatasetBase):
     DOWNLOAD = None  # a download.DownloadSpec, or None when the user must supply the data
     MANUAL_DOWNLOAD_NOTE = "It cannot be downloaded automatically; supply the images and split file yourself."
 
+    @classmethod
+    def extend_cfg(cls, cfg):
+        """Dataset keys beyond Dassl's (called by vmfcoop.engine.config.extend_cfg)."""
+        from vmfcoop.engine.config import add_node
+
+        add_node(cfg, "DATASET", {"DOWNLOAD": True, "CLASSNAMES": []})
+        add_node(cfg, "DATASET.PROMPTS", {"SOURCES": ["claude"], "N_PROMPTS": 50, "DIRS": [], "BANK_NAME": ""})
+
     def __init__(self, cfg):
         self.paths = self.locate(cfg)
         self.dataset_dir = self.paths.dataset_dir

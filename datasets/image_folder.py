@@ -29,6 +29,13 @@ def resolve(root, path):
 class ImageFolderSplit(SplitDataset):
     MANUAL_DOWNLOAD_NOTE = "Check DATASET.IMAGE_FOLDER.DIR and DATASET.IMAGE_FOLDER.SPLIT_FILE."
 
+    @classmethod
+    def extend_cfg(cls, cfg):
+        from vmfcoop.engine.config import add_node
+
+        super().extend_cfg(cfg)
+        add_node(cfg, "DATASET.IMAGE_FOLDER", {"DIR": "", "SPLIT_FILE": "", "MODALITY": "", "FEWSHOT_DIR": ""})
+
     def locate(self, cfg):
         folder_cfg = cfg.DATASET.IMAGE_FOLDER
         if not folder_cfg.DIR or not folder_cfg.SPLIT_FILE:

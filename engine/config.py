@@ -84,6 +84,10 @@ _C.TEST.NO_TEST = False
 _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"
 
+_C.CACHE = CN()
+_C.CACHE.ENABLED = True  # reuse frozen features (test images, fixed texts, vocabulary) across runs
+_C.CACHE.DIR = ""  # "" = $VMFCOOP_CACHE/features or ~/.cache/vmfcoop/features
+
 _C.TRAINER = CN()
 _C.TRAINER.NAME = ""
 # Precision of trainable parts: fp32 everywhere by default (CPU-safe); "amp" autocasts on CUDA.

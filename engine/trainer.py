@@ -281,7 +281,7 @@ class SimpleTrainer(TrainerBase):
             self.last_results = write_results(
                 os.path.join(self.output_dir, "results.json"), self.cfg, results, self.evaluator.per_class,
                 split=split, eval_only=self.eval_only,
-                epoch=self.loaded_epoch if self.eval_only else self.epoch + 1,
+                epoch=self.loaded_epoch if self.loaded_epoch is not None else self.max_epoch,
                 num_examples=len(loader.dataset), elapsed_s=round(time.time() - started, 3),
             )
         return next(iter(results.values()))

@@ -1,0 +1,48 @@
+"""Frozen text features of fixed sentences: templates and LLM prompt banks (computed once, trimmed)."""
+import torch
+from torch.nn import functional as F
+
+from vmfcoop.engine.utils import tolist_if_not
+
+
+@torch.no_grad()
+def encode_sentences(backbone, sentences, batch_size=256, normalize=True):
+    """``[N, d]`` features; each batch is padded only to its own longest sentence.
+
+    Sentences are sorted by length first so batches hold similar lengths (less padding).
+    """
+    sentences = tolist_if_not(sentences)
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    out = [None] * len(sentences)
+    device = next(backbone.parameters()).device
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin:begin + batch_size]
+        ids, mask = backbone.tokenize([sentences[i] for i in chunk])
+        feats = backbone.encode_text(ids.to(device), mask.to(device)).float()
+        if normalize:
+            feats = F.normalize(feats, dim=-1)
+        for row, index in enumerate(chunk):
+            out[index] = feats[row]
+    return torch.stack(out)
+
+
+def template_features(backbone, classnames, template="a photo of a {}."):
+    """``[C, d]`` normalised features of one hand-crafted template per class."""
+    return encode_sentences(backbone, [template.format(name) for name in classnames])
+
+
+def prompt_bank_features(backbone, classnames, bank):
+    """``[C, P, d]`` normalised features of an LLM prompt bank ``{classname: [P sentences]}``."""
+    counts = {len(bank[name]) for name in classnames}
+    if len(counts) != 1:
+        raise ValueError(f"Every class needs the same number of prompts; got {sorted(counts)}")
+    flat = [sentence for name in classnames for sentence in bank[name]]
+    return encode_sentences(backbone, flat).view(len(classnames), counts.pop(), -1)
+
+
+def llm_prompt_features(cfg, backbone, classnames):
+    """``[C, P, d]``: the configured LLM prompt banks (DATASET.PROMPTS), sources concatenated along P."""
+    from vmfcoop.datasets.prompt_bank import load_prompt_bank_from_cfg
+
+    banks = load_prompt_bank_from_cfg(cfg, classnames)
+    return torch.cat([prompt_bank_features(backbone, classnames, bank) for bank in banks.values()], dim=1)
