@@ -29,7 +29,7 @@ setup(
     packages=sorted(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
     package_data={
-        "vmfcoop.datasets": ["prompts/*.json"],
+        "vmfcoop.datasets": ["prompts/*/*.json"],
         "vmfcoop.clip_backbones": ["model_configs/*.json"],
     },
     include_package_data=True,
@@ -53,6 +53,10 @@ setup(
     entry_points={
         "console_scripts": [
             "vmfcoop-train=vmfcoop.engine.cli:main",
+            "vmfcoop-compare=vmfcoop.tools.compare:main",
+            "vmfcoop-aggregate=vmfcoop.tools.aggregate:main",
+            "vmfcoop-download-datasets=vmfcoop.tools.download_datasets:main",
+            "vmfcoop-generate-prompts=vmfcoop.tools.generate_prompts:main",
         ]
     },
 )

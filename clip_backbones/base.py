@@ -39,6 +39,7 @@ class ClipBackbone(nn.Module):
 
     family = ""  # "bert" or "clip": which kind of text tower (and token-embedding space)
     start_token_count = 1  # [CLS] or <start_of_text> precede the text; learned context goes after
+    weights_file_name = "open_clip_pytorch_model.bin"  # what save_backbone writes
 
     def __init__(self, name, model, tokenizer, image_spec, joint_dim, ctx_dim):
         super().__init__()

@@ -17,6 +17,8 @@ def register_tiny_image_towers():
         return
 
     def vmfcoop_vit_tiny_patch32_224(pretrained=False, **kwargs):
+        if kwargs.get("pretrained_cfg") is None:  # none published; an explicit one silences timm
+            kwargs["pretrained_cfg"] = {"input_size": (3, 224, 224)}
         args = dict(patch_size=32, embed_dim=64, depth=2, num_heads=2, img_size=224)
         return _create_vision_transformer(TINY_VIT_NAME, pretrained=pretrained, **dict(args, **kwargs))
 

@@ -1,5 +1,6 @@
 """Finding backbone files (explicit path, environment variable, Hugging Face hub) and reading them."""
-import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,10 +129,11 @@ def fetch_hub_files(requirements):
     return resolved, missing, last_error
 
 
-def missing_files_message(backbone_name, requirements, looked_in, detail=""):
-    lines = [f'Cannot find the files for backbone "{backbone_name}". Looked in: {looked_in}.']
+def missing_files_message(backbone_name, requirements, missing, looked_in, detail=""):
+    roles = ", ".join(req.role for req in missing)
+    lines = [f'Cannot find the {roles} file(s) of backbone "{backbone_name}". Looked in: {looked_in}.']
     if detail:
-        lines.append(f"Last error: {detail}")
+        lines.append(f"Last hub error: {detail}")
     lines.append("Put these files in one folder:")
     lines += [req.describe() for req in requirements]
     lines.append(
@@ -151,12 +153,12 @@ def read_state_dict(path):
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
+    if _is_torchscript_archive(path):  # OpenAI's original CLIP .pt files
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated"
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except RuntimeError as error:
-        if "TorchScript" not in str(error):
-            raise
-        obj = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI's original .pt
     if isinstance(obj, torch.Tensor):
         return {"": obj}
     for key in ("state_dict", "model"):
@@ -166,6 +168,13 @@ def read_state_dict(path):
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _is_torchscript_archive(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def load_weights(model, state_dict, source):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from vmfcoop.engine.utils import atomic_write
+
 from .layout import DatasetNotFoundError, DatasetPaths, check_images_present, read_split
 
 HF_DATASET_REPO = "TahaKoleilat/BiomedCoOp"
@@ -170,6 +172,16 @@ def install_from_archive(spec, paths, staging, archive, split_sources):
     return image_root, split_file
 
 
+def manual_download_hint(spec):
+    urls = []
+    if spec.hf_repo and spec.hf_filename:
+        urls.append(f"https://huggingface.co/datasets/{spec.hf_repo}/resolve/main/{spec.hf_filename}")
+    if spec.gdrive_id:
+        urls.append(f"https://drive.google.com/file/d/{spec.gdrive_id}/view")
+    where = " or ".join(urls) if urls else "its original source"
+    return f"Download it by hand from {where}, unzip it and place it as shown above."
+
+
 def download_dataset(spec, root, sources=None, split_sources=None):
     """Make ``<root>/<NAME>/`` complete (images + split file), downloading what is missing."""
     sources = ARCHIVE_SOURCES if sources is None else sources
@@ -181,23 +193,29 @@ def download_dataset(spec, root, sources=None, split_sources=None):
     staging = tempfile.mkdtemp(prefix=f".{spec.name}.download-", dir=os.path.dirname(paths.dataset_dir))
     try:
         if os.path.isdir(paths.image_dir):
-            split_file = try_sources(split_sources, spec, staging, "split file")
+            try:
+                split_file = try_sources(split_sources, spec, staging, "split file")
+            except DatasetNotFoundError as err:
+                raise DatasetNotFoundError(f"{err}\n{paths.layout_help()}\nPlace the split file there "
+                                           f"(official copy: {spec.split_url or 'none'}).") from None
             check_images_present(read_split(split_file), paths.image_dir, split_file)
             os.replace(split_file, paths.split_path)
             return paths
         failures = []
         for source in sources:
             try:
-                archive = try_sources([source], spec, staging, "archive")
+                archive = source(spec, staging)
+                if not archive:
+                    continue  # this source does not serve this dataset
                 image_root, split_file = install_from_archive(spec, paths, staging, archive, split_sources)
                 break
-            except (DatasetNotFoundError, UnsafeArchiveError, zipfile.BadZipFile, ValueError, OSError) as err:
-                failures.append(str(err))
+            except Exception as err:  # noqa: BLE001 - any failure means "try the next source"
+                failures.append(f"{getattr(source, '__name__', source)}: {type(err).__name__}: {err}")
                 shutil.rmtree(os.path.join(staging, "extracted"), ignore_errors=True)
         else:
             raise DatasetNotFoundError(
-                f"Could not download {spec.name}.\n  " + "\n  ".join(failures or ["no download source"])
-                + f"\n{paths.layout_help()}\nDownload it by hand (see the dataset documentation) and place it there."
+                f"Could not download {spec.name}:\n  " + "\n  ".join(failures or ["no download source"])
+                + f"\n{paths.layout_help()}\n{manual_download_hint(spec)}"
             )
         move_into_place(paths, staging, image_root, split_file)
     finally:
@@ -218,5 +236,5 @@ def move_into_place(paths, staging, image_root, split_file):
     # so the split file's presence always means "complete".
     os.rename(image_root, paths.image_dir)
     if not os.path.isfile(paths.split_path):
-        shutil.copyfile(split_file, paths.split_path + ".tmp")
-        os.replace(paths.split_path + ".tmp", paths.split_path)
+        with atomic_write(paths.split_path) as tmp:
+            shutil.copyfile(split_file, tmp)

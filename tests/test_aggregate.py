@@ -127,6 +127,8 @@ def test_problems_are_reported_not_used(tmp_path):
     assert [r.path for r in runs] == [kept]
     text = "\n".join(problems)
     assert "duplicate" in text and "split 'val'" in text and "broken" in text and "lacks field(s) dataset" in text
+    latex = agg.render_report(agg.build_report(agg.find_results(tmp_path)), "latex")
+    assert "\n% Problems:\n% - split 'val'" in latex and "\n% - duplicate run, ignored: " in latex
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,7 +179,7 @@ def test_fewshot_text_markdown_latex(fewshot_tree):
     report = agg.build_report(agg.find_results(fewshot_tree))
     text = agg.render_report(report, "text")
     assert "Few-shot accuracy, average over 2 datasets (BTMRI, BUSI)" in text
-    assert "Missing runs:\n- VMFCoOp | BUSI | K=2: missing seeds 3" in text
+    assert "\nMissing runs:\n- VMFCoOp | BUSI | K=2: missing seeds 3" in text
     assert "ddof=1" in text
     markdown = agg.render_report(report, "markdown")
     assert "### Few-shot accuracy, BTMRI" in markdown
@@ -185,6 +187,7 @@ def test_fewshot_text_markdown_latex(fewshot_tree):
     latex = agg.render_report(report, "latex")
     assert latex.count(r"\begin{tabular}{lccc}") == 3 and latex.count(r"\bottomrule") == 3
     assert r"CoOp & 59.00 $\pm$ 3.00 & " in latex
+    assert "\n% Missing runs:\n% - VMFCoOp | BUSI | K=2: missing seeds 3" in latex
     # VMFCoOp K=1 per seed: (62+74)/2, (63+77)/2, (64+80)/2 -> 70 ± 2
     assert r"VMFCoOp & 70.00 $\pm$ 2.00 & 70.00 $\pm$ 1.41 (2/3) & -- \\" in latex
     assert "±" not in latex.split("% Few-shot")[1]  # only LaTeX markup inside the tables

@@ -217,7 +217,7 @@ def test_failed_run_is_listed_and_rerun_completes_only_it(configs, tmp_path, fak
     assert f"failed  CoOp btmri K=2 seed=1: exit code 3; log: {failed / 'run.log'}" in printed
     assert "Summary: 3 ran, 0 skipped, 1 failed" in printed
     assert "simulated crash" in (failed / "run.log").read_text()
-    assert "2/2 seeds" not in printed and "(1/2)" in printed  # the table marks the missing seed
+    assert "54.00 (1/2)" in printed  # the table marks the missing seed: K=2 has seed 2 only (50 + 2 + 2)
     monkeypatch.delenv("FAKE_FAIL_ON")
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out

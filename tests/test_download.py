@@ -130,6 +130,19 @@ def test_interrupted_download_leaves_nothing(tmp_path):
     assert os.listdir(root) == []
 
 
+def test_interrupt_after_extraction_leaves_nothing(tmp_path, monkeypatch):
+    archive, _ = official_zip(tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "find_image_root", interrupted)
+    root = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        download_dataset(SPEC, str(root), sources=[local(archive)])
+    assert os.listdir(root) == []
+
+
 def test_all_sources_failing_is_one_clear_error(tmp_path):
     root = tmp_path / "data"
     with pytest.raises(DatasetNotFoundError) as err:

@@ -463,7 +463,8 @@ def method_columns(method, labels):
 def summary_columns(prefix, summary):
     if summary is None:
         return {f"{prefix}mean": "", f"{prefix}std": ""}
-    return {f"{prefix}mean": round(summary.mean, 4), f"{prefix}std": "" if summary.std is None else round(summary.std, 4)}
+    std = "" if summary.std is None else round(summary.std, 4)
+    return {f"{prefix}mean": round(summary.mean, 4), f"{prefix}std": std}
 
 
 def seed_columns(summary, n_expected):
@@ -562,21 +563,21 @@ def render_protocol(report, protocol, fmt):
     if fmt == "csv":
         return to_csv(report.csv_rows(protocol))
     blocks = [render_table(t, fmt) for t in report.tables(protocol)]
-    legend = legend_lines(summary.seeds, "latex" if fmt == "latex" else "text")
-    if fmt == "latex":
-        blocks.insert(0, "\n".join(f"% {line}" for line in legend))
+    notes = legend_lines(summary.seeds, "latex" if fmt == "latex" else "text")
+    if summary.missing:
+        notes += ["Missing runs:"] + [f"- {line}" for line in summary.missing]
+    if fmt == "latex":  # as comments, so the .tex file still compiles
+        blocks.insert(0, "\n".join(f"% {line}" for line in notes))
     else:
-        blocks.append("\n".join(legend))
-        if summary.missing:
-            blocks.append("Missing runs:\n" + "\n".join(f"- {line}" for line in summary.missing))
+        blocks.append("\n".join(notes))
     return "\n\n".join(blocks) + "\n"
 
 
 def render_report(report, fmt):
     parts = [render_protocol(report, p, fmt) for p in ("fewshot", "base2new")]
     if report.problems and fmt != "csv":
-        comment = "% " if fmt == "latex" else "- "
-        parts.append("Problems:\n" + "\n".join(comment + line for line in report.problems) + "\n")
+        heading, bullet = ("% Problems:", "% - ") if fmt == "latex" else ("Problems:", "- ")
+        parts.append(heading + "\n" + "\n".join(bullet + line for line in report.problems) + "\n")
     return "\n".join(p for p in parts if p)
 
 
@@ -717,7 +718,11 @@ def main(argv=None):
     if not paths:
         print(f"No results.json found under {args.output_root}", file=sys.stderr)
         return 1
-    report = build_report(paths, args.metric)
+    try:
+        report = build_report(paths, args.metric)
+    except KeyError as err:  # a run without the chosen metric
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
     print(render_report(report, args.format), end="")
     if args.out:
         written = write_outputs(report, args.out, plots=True)

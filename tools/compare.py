@@ -405,10 +405,11 @@ def print_plan(chains, train_command, stream):
     for job, (state, message) in zip(jobs, states):
         if job.model_dir is None:
             load_epoch = None
-        elif os.path.isfile(os.path.join(job.model_dir, "results.json")):
-            load_epoch = trained_epoch(job.model_dir)
         else:
-            load_epoch = f"<epoch from {os.path.join(job.model_dir, 'results.json')}>"
+            try:
+                load_epoch = trained_epoch(job.model_dir)
+            except RuntimeError:  # not trained yet: the epoch is read after training
+                load_epoch = f"<epoch from {os.path.join(job.model_dir, 'results.json')}>"
         print(f"[{state}] {job.describe()}" + (f": {message}" if message else ""), file=stream)
         print("    " + shlex.join(train_command + job.cli_args(load_epoch)), file=stream)
 
@@ -453,6 +454,8 @@ def main(argv=None, launch=None, stream=None):
     if args.dry_run:
         print_plan(chains, train_command, stream)
         return 0
+    if args.workers > 1 and not args.gpus:
+        print(f"note: --workers {args.workers} without --gpus: every run sees the same GPUs", file=stream)
     runner = Runner(train_command, workers=args.workers, gpus=args.gpus, launch=launch, stream=stream)
     try:
         outcomes = runner.run(chains)

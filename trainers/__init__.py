@@ -1,2 +1,3 @@
 """Trainers: importing this package registers every method in ``TRAINER_REGISTRY``."""
-from . import biomedcoop, cocoop, coop, kgcoop, prograd, zeroshot  # noqa: F401
+from . import biomedcoop, cocoop, coop, kgcoop, prograd, vmfcoop, zeroshot  # noqa: F401
+from . import clip_adapter, linear_probe, lp_plus_plus, tip_adapter  # noqa: F401

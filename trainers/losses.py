@@ -1,4 +1,6 @@
 """Loss terms and prompt-selection rules of the baseline prompt learners, as small pure functions."""
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -70,3 +72,48 @@ def distillation_kl(student_logits, teacher_logits):
 def consistency_mse(text_features, anchor_features):
     """BiomedCoOp's SCCM: element-wise MSE between normalised learned and LLM-mean text features."""
     return F.mse_loss(text_features, anchor_features)
+
+
+# ---------------------------------------------------------------- vMFCoOp
+
+
+def symmetric_cross_entropy(logits, labels, eps=1e-4):
+    """vMFCoOp's eq. 10: ``-(1/B) sum_b [log p_{b,y} + sum_c p_{b,c} log(q_{b,c} + eps)]``, q one-hot.
+
+    The reverse term equals ``p_y log(1 + eps) + (1 - p_y) log(eps)``, so ``eps`` sets its weight
+    (``-log eps``, about 9.2 at 1e-4). p enters it linearly, so it needs no clamp.
+    """
+    log_p = F.log_softmax(logits, dim=-1)
+    p_true = log_p.gather(1, labels[:, None]).squeeze(1).exp()
+    reverse = p_true * math.log1p(eps) + (1.0 - p_true) * math.log(eps)
+    return F.nll_loss(log_p, labels) - reverse.mean()
+
+
+def annealed_scale(step, total_steps, scale_start, scale_end):
+    """vMFCoOp's eq. 9: ``tau_end + (tau_start - tau_end)(1 + cos(pi t / T)) / 2``; ``t`` is clipped to [0, T]."""
+    progress = min(max(step / total_steps, 0.0), 1.0) if total_steps > 0 else 1.0
+    return scale_end + 0.5 * (scale_start - scale_end) * (1.0 + math.cos(math.pi * progress))
+
+
+def capped_drift(drift, cap):
+    """Rescale rows of ``drift [C, d]`` whose norm exceeds ``cap`` down to ``cap`` (cap <= 0: unchanged)."""
+    if cap <= 0:
+        return drift
+    norms = drift.norm(dim=-1, keepdim=True)
+    return drift * (cap / norms.clamp_min(cap))
+
+
+def dynamic_anchor_targets(anchors, drift):
+    """vMFCoOp's eq. 5: ``normalize(u_i + alpha delta_i)`` with ``drift = alpha * delta`` (``[C, d]``)."""
+    return F.normalize(anchors + drift, dim=-1)
+
+
+def anchor_alignment_loss(text_features, targets):
+    """vMFCoOp's eq. 6: ``(1/C) sum_i ||P_i - target_i||^2`` (squared L2 over d, mean over classes)."""
+    return (text_features - targets).pow(2).sum(-1).mean()
+
+
+def semantic_contrastive_loss(text_features, anchors, scale):
+    """vMFCoOp's eqs. 7-8: cross-entropy of ``scale * P U^T`` with class i matched to anchor i."""
+    logits = scale * text_features @ anchors.t()
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
