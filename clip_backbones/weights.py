@@ -106,27 +106,35 @@ def find_local_files(requirements, path):
 def fetch_hub_files(requirements):
     """Fills each role from the Hugging Face hub (or its cache when ``HF_HUB_OFFLINE=1``).
 
+    After one failure to reach the hub, the remaining files are looked up in the cache only, so an
+    unreachable hub costs one network time-out, not one per candidate file.
     Returns ``(ResolvedFiles, missing requirements, last error text)``."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
 
     resolved, missing, last_error = ResolvedFiles(origin="Hugging Face hub"), [], ""
+    cache_only = False
     for req in requirements:
-        for repo in req.hub:
-            for choice in req.choices:
-                try:
-                    files = {name: Path(hf_hub_download(repo.repo_id, name, repo_type=repo.repo_type))
-                             for name in choice}
-                except Exception as error:  # offline cache miss, 404, no network: try the next one
-                    last_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                    continue
-                resolved.by_role[req.role] = files
+        for repo, choice in ((repo, choice) for repo in req.hub for choice in req.choices):
+            try:
+                resolved.by_role[req.role] = {
+                    name: Path(hf_hub_download(repo.repo_id, name, repo_type=repo.repo_type,
+                                               local_files_only=cache_only))
+                    for name in choice}
                 break
-            if req.role in resolved.by_role:
-                break
+            except LocalEntryNotFoundError as error:  # not cached and the hub is unreachable/offline
+                cache_only, last_error = True, _first_line(error)
+            except Exception as error:  # not in this repo (404), gated, ...: try the next candidate
+                last_error = _first_line(error)
         else:
             if req.required:
                 missing.append(req)
     return resolved, missing, last_error
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def missing_files_message(backbone_name, requirements, missing, looked_in, detail=""):

@@ -251,6 +251,12 @@ class SimpleTrainer(TrainerBase):
     def model_inference(self, input):
         return self.model(input)
 
+    def inference_batches(self, loader, split):
+        """Yield ``(logits, labels)`` over an evaluation loader (trainers may serve cached features)."""
+        for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True):
+            inputs, labels = self.parse_batch_test(batch)
+            yield self.model_inference(inputs), labels
+
     def before_test(self):
         """Hook: compute anything fixed during evaluation (e.g. text features) once per test."""
 
@@ -271,9 +277,8 @@ class SimpleTrainer(TrainerBase):
         print(f"Evaluate on the *{split}* set")
         self.before_test()
         try:
-            for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True):
-                inputs, labels = self.parse_batch_test(batch)
-                self.evaluator.process(self.model_inference(inputs), labels)
+            for logits, labels in self.inference_batches(loader, split):
+                self.evaluator.process(logits, labels)
         finally:
             self.after_test()
         results = self.evaluator.evaluate()

@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Feature caches and downloaded prompt sets go to a fresh folder per test session, never ~/.cache.
+os.environ["VMFCOOP_CACHE"] = tempfile.mkdtemp(prefix="vmfcoop-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -93,7 +93,9 @@ def test_only_intended_parameters_get_gradients(trainer, repo_root, synthetic_ro
     t.forward_backward(next(iter(t.train_loader_x)))
     assert all(p.grad is None for p in t.backbone.parameters())
     changed = {name for name, p in t.learner.named_parameters() if not torch.equal(p, before[name])}
-    assert "prompt_learner.ctx" in changed
+    assert changed, "one step updates the learned parameters"
+    if "prompt_learner.ctx" in before:
+        assert "prompt_learner.ctx" in changed
     assert all(p.requires_grad for p in t.learner.parameters())
 
 

@@ -164,17 +164,12 @@ def clip_semantic_field(cfg, backbone, node, progress=True):
 
 
 def llm_features_by_source(cfg, backbone, classnames):
-    """``{source: [C, P, d]}`` normalised prompt-bank features on the CPU (cached per backbone and sentences)."""
+    """``{source: [C, P, d]}`` normalised prompt-bank features on the CPU (disk-cached per backbone and sentences)."""
     from vmfcoop.datasets.prompt_bank import load_prompt_bank_from_cfg
 
     cache = cache_from_cfg(cfg)
-    features = {}
-    for source, bank in load_prompt_bank_from_cfg(cfg, classnames).items():
-        sentences = [s for name in classnames for s in bank[name]]
-        key = {"kind": "prompt-bank", "backbone": backbone.name, "fingerprint": backbone.fingerprint(),
-               "source": source, "classes": text_digest(classnames), "sentences": text_digest(sentences)}
-        features[source] = cache.get_or_compute(key, lambda b=bank: prompt_bank_features(backbone, classnames, b).cpu())
-    return features
+    return {source: prompt_bank_features(backbone, classnames, bank, cache=cache).cpu()
+            for source, bank in load_prompt_bank_from_cfg(cfg, classnames).items()}
 
 
 def fit_options_from(node):

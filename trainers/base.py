@@ -5,14 +5,19 @@ It builds the backbone named by ``MODEL.BACKBONE.NAME``, splits inference into "
 trainer's learnable module as ``prompt_learner`` (Dassl's checkpoint layout).
 """
 import contextlib
+import os
 
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from vmfcoop.clip_backbones import build_backbone_from_cfg
 from vmfcoop.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
+from vmfcoop.engine.cache import cache_from_cfg, text_digest
 from vmfcoop.engine.config import add_node
 from vmfcoop.engine.errors import ConfigError
+
+from .text_features import llm_prompt_features, template_features
 
 PROMPT_DEFAULTS = {"N_CTX": 4, "CTX_INIT": "a photo of a", "CSC": False, "CLASS_TOKEN_POSITION": "end"}
 PRECISIONS = ("fp32", "amp")
@@ -24,6 +29,8 @@ class ClipTrainer(TrainerX):
     CFG_NODE = None
     CFG_DEFAULTS = {}
     MODULE_NAME = "prompt_learner"
+    # True when test-time image features do not depend on anything learned, so they can be cached.
+    FROZEN_IMAGE_FEATURES = True
 
     @classmethod
     def extend_cfg(cls, cfg):
@@ -41,6 +48,7 @@ class ClipTrainer(TrainerX):
     # ------------------------------------------------------------ model
 
     def build_model(self):
+        self.feature_cache = cache_from_cfg(self.cfg)
         self.backbone = build_backbone_from_cfg(self.cfg, device=self.device)
         self.classnames = list(self.dm.dataset.classnames)
         self.learner = self.build_learner()
@@ -74,6 +82,14 @@ class ClipTrainer(TrainerX):
             feats = self.backbone.encode_image(images)
         return F.normalize(feats.float(), dim=-1)
 
+    def template_features(self, template):
+        """``[C, d]`` frozen features of a hand-crafted template (disk-cached per backbone)."""
+        return template_features(self.backbone, self.classnames, template, cache=self.feature_cache)
+
+    def llm_prompt_features(self):
+        """``[C, P, d]`` frozen features of the configured LLM prompt banks (disk-cached per backbone)."""
+        return llm_prompt_features(self.cfg, self.backbone, self.classnames, cache=self.feature_cache)
+
     def logits(self, image_features, text_features):
         return self.backbone.logit_scale * image_features @ text_features.t()
 
@@ -99,6 +115,34 @@ class ClipTrainer(TrainerX):
     def model_inference(self, images):
         return self.classify(self.image_features(images))
 
+    def inference_batches(self, loader, split):
+        """With a frozen image encoder, classify precomputed (disk-cached) features of the split."""
+        if not (self.FROZEN_IMAGE_FEATURES and self.feature_cache.enabled):
+            yield from super().inference_batches(loader, split)
+            return
+        features = self.split_image_features(loader, split).to(self.device)
+        labels = torch.tensor([item.label for item in loader.dataset.data_source], device=self.device)
+        for begin in range(0, len(labels), loader.batch_size):
+            yield self.classify(features[begin:begin + loader.batch_size]), labels[begin:begin + loader.batch_size]
+
+    def split_image_features(self, loader, split):
+        """``[N, d]`` normalised features of a (non-shuffled) evaluation split, computed once per backbone
+        weights, image files and test transform, and shared by every trainer, seed and shot count."""
+        files = [(item.impath, *file_identity(item.impath)) for item in loader.dataset.data_source]
+        key = {
+            "kind": "image", "backbone": self.backbone.name, "fingerprint": self.backbone.fingerprint(),
+            "transform": repr(loader.dataset.transform), "precision": self.cfg.TRAINER.PREC,
+            "files": text_digest([repr(f) for f in files]), "count": len(files),
+        }
+
+        def compute():
+            chunks = []
+            for batch in tqdm(loader, desc=f"encode {split} images", leave=False, dynamic_ncols=True):
+                chunks.append(self.image_features(batch["img"].to(self.device)).cpu())
+            return torch.cat(chunks)
+
+        return self.feature_cache.get_or_compute(key, compute)
+
     # ------------------------------------------------------------ training helpers
 
     def update(self, loss, logits, labels, **terms):
@@ -108,6 +152,12 @@ class ClipTrainer(TrainerX):
         summary = {"loss": loss.item(), "acc": compute_accuracy(logits, labels)[0].item()}
         summary.update({name: float(value) for name, value in terms.items()})
         return summary
+
+
+def file_identity(path):
+    """Size and modification time: a replaced image invalidates cached features."""
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def prompt_learner_from_cfg(backbone, classnames, node):

@@ -12,7 +12,6 @@ from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg
 from .losses import consistency_mse, distillation_kl, masked_prompt_mean, select_prompts_by_outlier_rule
-from .text_features import llm_prompt_features
 
 
 @TRAINER_REGISTRY.register()
@@ -21,7 +20,7 @@ class BiomedCoOp(ClipTrainer):
     CFG_DEFAULTS = dict(PROMPT_DEFAULTS, SCCM_LAMBDA=1.0, KDSP_LAMBDA=1.0, TAU=1.5)
 
     def build_learner(self):
-        self.llm_features = llm_prompt_features(self.cfg, self.backbone, self.classnames)  # [C, P, d]
+        self.llm_features = self.llm_prompt_features()  # [C, P, d]
         self.llm_mean = F.normalize(self.llm_features.mean(1), dim=-1)
         return LearnedParts(prompt_learner=prompt_learner_from_cfg(self.backbone, self.classnames, self.method_cfg))
 

@@ -5,7 +5,6 @@ from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg
 from .losses import knowledge_distance
-from .text_features import template_features
 
 
 @TRAINER_REGISTRY.register()
@@ -14,7 +13,7 @@ class KgCoOp(ClipTrainer):
     CFG_DEFAULTS = dict(PROMPT_DEFAULTS, W=8.0, TEMPLATE="a photo of a {}.")
 
     def build_learner(self):
-        self.hand_features = template_features(self.backbone, self.classnames, self.method_cfg.TEMPLATE)
+        self.hand_features = self.template_features(self.method_cfg.TEMPLATE)
         return LearnedParts(prompt_learner=prompt_learner_from_cfg(self.backbone, self.classnames, self.method_cfg))
 
     def forward_backward(self, batch):

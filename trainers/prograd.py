@@ -11,7 +11,6 @@ from vmfcoop.engine import TRAINER_REGISTRY, compute_accuracy
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg
 from .losses import project_conflicting_gradient, soft_cross_entropy
-from .text_features import template_features
 
 
 @TRAINER_REGISTRY.register()
@@ -20,7 +19,7 @@ class ProGrad(ClipTrainer):
     CFG_DEFAULTS = dict(PROMPT_DEFAULTS, T=1.0, LAMBDA=1.0, TEMPLATE="a photo of a {}.")
 
     def build_learner(self):
-        self.teacher_text = template_features(self.backbone, self.classnames, self.method_cfg.TEMPLATE)
+        self.teacher_text = self.template_features(self.method_cfg.TEMPLATE)
         return LearnedParts(prompt_learner=prompt_learner_from_cfg(self.backbone, self.classnames, self.method_cfg))
 
     def forward_backward(self, batch):

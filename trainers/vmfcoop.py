@@ -124,22 +124,20 @@ class VMFCoOp(ClipTrainer):
     def build_learner(self):
         node = self.method_cfg
         parts = {"prompt_learner": prompt_learner_from_cfg(self.backbone, self.classnames, node)}
-        self.geometry = self.anchors = None  # built when training starts: evaluation never needs them
+        self.geometry = self._anchors = None  # fitted on first use: evaluation never needs them
         self.tau_max = node.TAU_MAX if node.TAU_MAX > 0 else float(self.backbone.logit_scale)
         if self.learns_offsets:
             parts["anchor_offsets"] = AnchorOffsets(self.classnames, self.backbone.joint_dim, node.ALPHA_INIT)
         return LearnedParts(**parts)
 
-    def build_anchors(self):
-        """Fit the vMF fields and the unified anchors of the training classes (cached on disk)."""
-        self.geometry = anchor_geometry_from_cfg(self.cfg, self.backbone, self.classnames, self.method_cfg)
-        self.anchors = self.geometry.anchors.to(self.device)
-        self.print_geometry()
-
-    def before_train(self):
-        super().before_train()
-        if self.uses_anchors and self.geometry is None:
-            self.build_anchors()
+    @property
+    def anchors(self):
+        """Unified anchors ``[C, d]`` of the training classes, fitted on first use (cached on disk)."""
+        if self._anchors is None:
+            self.geometry = anchor_geometry_from_cfg(self.cfg, self.backbone, self.classnames, self.method_cfg)
+            self._anchors = self.geometry.anchors.to(self.device)
+            self.print_geometry()
+        return self._anchors
 
     # ------------------------------------------------------------ loss terms
 

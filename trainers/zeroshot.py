@@ -9,7 +9,6 @@ from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import ClipTrainer
 from .losses import masked_prompt_mean, select_prompts_by_outlier_rule
-from .text_features import llm_prompt_features, template_features
 
 
 @TRAINER_REGISTRY.register()
@@ -23,7 +22,7 @@ class ZeroShot(ClipTrainer):
         return None
 
     def eval_text_features(self):
-        return template_features(self.backbone, self.classnames, self.method_cfg.TEMPLATE)
+        return self.template_features(self.method_cfg.TEMPLATE)
 
     def forward_backward(self, batch):
         raise RuntimeError(f"{type(self).__name__} has nothing to train; set OPTIM.MAX_EPOCH 0 or use --eval-only")
@@ -34,7 +33,7 @@ class ZeroShotEnsemble(ZeroShot):
     """Mean of the normalised LLM prompt features of each class, renormalised."""
 
     def eval_text_features(self):
-        return F.normalize(llm_prompt_features(self.cfg, self.backbone, self.classnames).mean(1), dim=-1)
+        return F.normalize(self.llm_prompt_features().mean(1), dim=-1)
 
 
 @TRAINER_REGISTRY.register()
@@ -42,7 +41,7 @@ class ZeroShotSelective(ZeroShotEnsemble):
     """BiomedCoOp's outlier rule per test batch: keep prompts whose score is within TAU std of the mean."""
 
     def eval_text_features(self):
-        return llm_prompt_features(self.cfg, self.backbone, self.classnames)
+        return self.llm_prompt_features()
 
     def classify(self, image_features):
         prompts = self._eval_text  # [C, P, d]
