@@ -22,13 +22,14 @@ from tqdm import tqdm
 from vmfcoop.engine.utils import atomic_write
 
 from .layout import DatasetNotFoundError, DatasetPaths, check_images_present, read_split
+from vmfcoop.engine.errors import VmfcoopError
 
 HF_DATASET_REPO = "TahaKoleilat/BiomedCoOp"
 BIOMEDCOOP_SPLIT_URL = "https://raw.githubusercontent.com/HealthX-Lab/BiomedCoOp/main/data/{name}/split_{name}.json"
 SEARCH_DEPTH = 3  # how deep inside an archive to look for the image folder and the split file
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(VmfcoopError, ValueError):
     """An archive entry would escape the extraction folder (absolute path, '..', or a symlink)."""
 
 

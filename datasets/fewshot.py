@@ -8,6 +8,7 @@ import math
 import random
 import warnings
 from collections import defaultdict
+from vmfcoop.engine.errors import ConfigError
 
 VAL_SHOTS_CAP = 4  # BiomedCoOp/CoOp convention: few-shot val holds min(K, 4) images per class
 
@@ -60,10 +61,15 @@ def base_new_labels(labels):
 def subsample_classes(train, val, test, subsample="all"):
     """Keep the base or new half of the classes (decided on ``train``) and relabel them 0..k-1."""
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f'DATASET.SUBSAMPLE_CLASSES must be "all", "base" or "new", got {subsample!r}')
+        raise ConfigError(f'DATASET.SUBSAMPLE_CLASSES must be "all", "base" or "new", got {subsample!r}')
     if subsample == "all":
         return train, val, test
     base, new = base_new_labels(entry[1] for entry in train)
+    if not new:
+        raise ConfigError(
+            f"Base-to-novel needs at least 2 classes, but this dataset has {len(base)}; "
+            'use DATASET.SUBSAMPLE_CLASSES "all".'
+        )
     selected = base if subsample == "base" else new
     relabel = {old: new_label for new_label, old in enumerate(selected)}
 

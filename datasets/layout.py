@@ -8,15 +8,16 @@ import os
 from dataclasses import dataclass
 
 from vmfcoop.engine.utils import read_json
+from vmfcoop.engine.errors import VmfcoopError
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(VmfcoopError, FileNotFoundError):
     """The dataset's images or split file are not where they should be."""
 
 
-class SplitFileError(ValueError):
+class SplitFileError(VmfcoopError, ValueError):
     """A split file is malformed or disagrees with the dataset's declared classes."""
 
 

@@ -14,6 +14,7 @@ import os
 import urllib.request
 
 from vmfcoop.engine.utils import read_json, write_json
+from vmfcoop.engine.errors import VmfcoopError
 
 PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 DEFAULT_SOURCE = "claude"
@@ -25,7 +26,7 @@ GPT4_URL = "https://raw.githubusercontent.com/HealthX-Lab/BiomedCoOp/main/traine
 GPT4_VARIABLE = "BIOMEDCOOP_TEMPLATES"
 
 
-class PromptBankError(ValueError):
+class PromptBankError(VmfcoopError, ValueError):
     """A prompt bank is missing, malformed, or lacks a class."""
 
 

@@ -4,7 +4,12 @@ import shutil
 
 import torch
 
+from .errors import VmfcoopError
 from .utils import atomic_write, mkdir_if_missing
+
+
+class CheckpointError(VmfcoopError, RuntimeError):
+    """A checkpoint that cannot be loaded safely."""
 
 
 def save_checkpoint(state, save_dir, is_best=False, model_name=""):
@@ -33,7 +38,7 @@ def load_checkpoint(fpath, map_location="cpu"):
     try:
         return torch.load(fpath, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f'Unable to load checkpoint "{fpath}" safely ({type(err).__name__}: {err}). '
             "Only checkpoints written by vmfcoop (tensors and plain values) are accepted."
         ) from None

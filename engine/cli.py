@@ -1,5 +1,6 @@
 """``vmfcoop-train`` / ``python train.py``: Dassl's train.py flags, one clear line on bad input."""
 import argparse
+import fcntl
 import os
 import sys
 import traceback
@@ -68,6 +69,7 @@ def run(args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
+    lock = lock_output_dir(cfg.OUTPUT_DIR)
     log = setup_logger(cfg.OUTPUT_DIR)
     try:
         if torch.cuda.is_available() and cfg.USE_CUDA:
@@ -86,6 +88,21 @@ def run(args):
     finally:
         if log is not None:
             log.close()
+        lock.close()
+
+
+def lock_output_dir(output_dir):
+    """Hold an exclusive lock on the run directory so two runs never write into the same one."""
+    os.makedirs(output_dir, exist_ok=True)
+    handle = open(os.path.join(output_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise VmfcoopError(
+            f"Another run is writing to {output_dir}; wait for it to finish or choose another --output-dir."
+        ) from None
+    return handle
 
 
 def main(argv=None):

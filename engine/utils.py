@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from .errors import VmfcoopError
 
 
 def mkdir_if_missing(dirname):
@@ -46,7 +47,11 @@ def read_json(path):
     except FileNotFoundError:
         raise FileNotFoundError(f"JSON file not found: {path}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"Malformed JSON in {path}: {err}. Delete or repair the file.") from None
+        raise DataFileError(f"Malformed JSON in {path}: {err}. Delete or repair the file.") from None
+
+
+class DataFileError(VmfcoopError, ValueError):
+    """A data file (split, cache, prompt bank) that cannot be parsed; names the file."""
 
 
 def listdir_nohidden(path, sort=False):
@@ -61,7 +66,7 @@ def check_isfile(fpath):
     return isfile
 
 
-class ImageReadError(OSError):
+class ImageReadError(VmfcoopError, OSError):
     """A dataset image that cannot be decoded; names the file."""
 
 

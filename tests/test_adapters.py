@@ -55,10 +55,11 @@ def test_tip_cache_logits_match_a_direct_loop():
 
 
 def test_tip_adapter_builds_its_cache_and_adds_it_to_the_zero_shot_logits(repo_root, synthetic_root, tmp_path):
-    t = build("TipAdapter", repo_root, synthetic_root, tmp_path)
+    t = build("TipAdapter", repo_root, synthetic_root, tmp_path, "TRAINER.TIP_ADAPTER.AUGMENT_EPOCHS", "2")
     t.before_train()
     cache, text, scale = t.learner, t.text_features, float(t.backbone.logit_scale)
     support, labels = t.support_features()
+    assert support.shape[:2] == (2, 8)  # 2 views of 2 shots x 4 classes; keys: their renormalised mean
     assert torch.allclose(cache.keys, F.normalize(support.mean(0), dim=-1))
     assert cache.values.tolist() == F.one_hot(torch.tensor([d.label for d in t.dm.dataset.train_x]), 4).tolist()
     cache.alpha.fill_(2.5)
@@ -150,7 +151,8 @@ def test_logistic_regression_matches_the_closed_form_of_a_symmetric_problem():
     low, high = 0.0, 2 * c
     for _ in range(60):
         middle = 0.5 * (low + high)
-        low, high = (middle, high) if middle < 2 * c * torch.sigmoid(torch.tensor(-2 * middle)).item() else (low, middle)
+        below = middle < 2 * c / (1 + math.exp(2 * middle))  # 2 C sigmoid(-2 w)
+        low, high = (middle, high) if below else (low, middle)
     weight, bias = fit_logistic_regression(torch.tensor([[1.0], [-1.0]]), torch.tensor([0, 1]), 2, c, tolerance=1e-10)
     assert torch.allclose(weight, torch.tensor([[low], [-low]]), atol=1e-5)
     assert torch.allclose(bias, torch.zeros(2), atol=1e-6)
@@ -232,13 +234,15 @@ def test_support_features_are_seeded_cached_and_leave_the_rng_alone(repo_root, s
     state = torch.get_rng_state()
     views, labels = t.support_features()
     assert torch.equal(torch.get_rng_state(), state)
-    entries = glob.glob(str(tmp_path / "out-cache" / "train_x-features-*.pt"))
+    entries = glob.glob(str(tmp_path / "out-cache" / "support-*.pt"))
     assert len(entries) == 1
     key = torch.load(entries[0], weights_only=True)["key"]
-    assert key["seed"] == 1 and key["num_shots"] == 2 and key["backbone"] == t.backbone.fingerprint()
+    assert key["seed"] == 1 and key["num_shots"] == 2 and key["fingerprint"] == t.backbone.fingerprint()
     fresh = build("LPPlusPlus", repo_root, synthetic_root, tmp_path / "b", "CACHE.ENABLED", "False")
     torch.manual_seed(999)
     assert torch.allclose(fresh.support_features()[0], views, atol=1e-6), "augmentation is seeded by SEED"
     plain = build("LPPlusPlus", repo_root, synthetic_root, tmp_path, "TRAINER.LP_PLUS_PLUS.AUGMENT_EPOCHS", "0")
     assert not torch.allclose(plain.support_features()[0], views)
-    assert len(glob.glob(str(tmp_path / "out-cache" / "train_x-features-*.pt"))) == 2
+    two = build("LPPlusPlus", repo_root, synthetic_root, tmp_path, "TRAINER.LP_PLUS_PLUS.AUGMENT_EPOCHS", "2")
+    assert two.support_features()[0].shape == (2, *views.shape[1:])
+    assert len(glob.glob(str(tmp_path / "out-cache" / "support-*.pt"))) == 3, "one entry per transform and views"

@@ -35,3 +35,17 @@ class ToyTrainer(TrainerX):
         self.model_backward_and_update(loss)
         self.finish_batch()
         return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
+
+
+@TRAINER_REGISTRY.register()
+class DivergingToyTrainer(ToyTrainer):
+    """Its loss becomes NaN in the second epoch (to test how training stops)."""
+
+    def forward_backward(self, batch):
+        image, label = self.parse_batch_train(batch)
+        loss = F.cross_entropy(self.model(image), label)
+        if self.epoch >= 1:
+            loss = loss * float("nan")
+        self.model_backward_and_update(loss)
+        self.finish_batch()
+        return {"loss": loss.item()}

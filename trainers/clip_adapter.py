@@ -15,7 +15,6 @@ from vmfcoop.engine import TRAINER_REGISTRY
 from vmfcoop.engine.errors import ConfigError
 
 from .base import ClipTrainer, LearnedParts
-from .text_features import template_features
 
 
 def residual_blend(features, adapted, ratio):
@@ -48,7 +47,7 @@ class CLIPAdapter(ClipTrainer):
                               f"got ALPHA {node.ALPHA}, REDUCTION {node.REDUCTION}")
 
     def build_learner(self):
-        self.text_features = template_features(self.backbone, self.classnames, self.method_cfg.TEMPLATE)
+        self.text_features = self.template_features(self.method_cfg.TEMPLATE)
         return LearnedParts(adapter=BottleneckAdapter(self.backbone.joint_dim, self.method_cfg.REDUCTION))
 
     def eval_text_features(self):

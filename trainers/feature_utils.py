@@ -1,8 +1,9 @@
 """Shared pieces of the feature-based baselines (Tip-Adapter(-F), linear probe, LP++).
 
-- Features of the few-shot train and val images from the frozen encoder are extracted once per run
-  and disk-cached (``engine.cache``) under a key naming everything they depend on: backbone weights,
-  dataset, split, K, seed, class subset, the exact image list, the transform and the number of views.
+- Features of the few-shot train images from the frozen encoder are extracted once per run and
+  disk-cached (``engine.cache``) under a key naming everything they depend on: backbone weights, dataset,
+  K, seed, class subset, the exact image files and labels, the transform and the number of views.
+  Val features come from the base trainer's split cache (test transform).
   Augmented views are drawn from a forked RNG seeded by ``SEED``, so they are the same whether they
   come from the cache or not, and the rest of the run sees the same random state either way.
 - What these methods learn is per class. The learner records which classes it was fitted on
@@ -15,12 +16,11 @@ import hashlib
 import torch
 from torch import nn
 
-from vmfcoop.engine.cache import cache_from_cfg, text_digest
+from vmfcoop.engine.cache import text_digest
 from vmfcoop.engine.data import build_data_loader
 from vmfcoop.engine.errors import ConfigError
 
-from .base import ClipTrainer
-from .text_features import template_features
+from .base import ClipTrainer, file_identity
 
 FEATURE_DEFAULTS = {"TEMPLATE": "a photo of a {}.", "AUGMENT_EPOCHS": 1}
 
@@ -116,7 +116,7 @@ class FeatureTrainer(ClipTrainer):
     """
 
     def build_learner(self):
-        self.text_features = template_features(self.backbone, self.classnames, self.method_cfg.TEMPLATE)
+        self.text_features = self.template_features(self.method_cfg.TEMPLATE)
         self.val_data = None
         self.class_map = None
         return self.build_parts()
@@ -135,41 +135,34 @@ class FeatureTrainer(ClipTrainer):
 
     # ------------------------------------------------------------ features
 
-    def feature_key(self, split, data, tfm, views):
-        cfg = self.cfg
-        return {
-            "kind": f"{split}-features", "backbone": self.backbone.fingerprint(), "dataset": cfg.DATASET.NAME,
-            "split": split, "num_shots": cfg.DATASET.NUM_SHOTS, "seed": cfg.SEED,
-            "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "prec": cfg.TRAINER.PREC,
-            "images": text_digest([f"{item.impath}|{item.label}" for item in data]),
-            "transform": repr(tfm), "views": views,
-        }
-
-    def split_features(self, split, data, augmented_views):
-        """``(features [V, N, d], labels [N])`` on the device: ``augmented_views`` passes with the train
-        transform, or (0) one pass with the test transform."""
-        augmented = augmented_views > 0
-        tfm = self.dm.tfm_train if augmented else self.dm.tfm_test
-        views = augmented_views if augmented else 1
-        loader = build_data_loader(self.cfg, data, self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm, is_train=False)
-        key = self.feature_key(split, data, tfm, views)
-        entry = cache_from_cfg(self.cfg).get_or_compute(
-            key, lambda: extract_views(self.image_features, loader, self.device, views, max(self.cfg.SEED, 0)))
-        return entry["features"].to(self.device), entry["labels"].to(self.device)
-
     def support_features(self):
-        """Features of the few-shot train split, ``TRAINER.<NODE>.AUGMENT_EPOCHS`` views (0: un-augmented)."""
+        """``(features [V, N, d], labels [N])`` of the few-shot train split on the device: V =
+        ``TRAINER.<NODE>.AUGMENT_EPOCHS`` passes with the train transform, or (0) one with the test transform."""
         views = self.method_cfg.AUGMENT_EPOCHS
         if views < 0:
             raise ConfigError(f"TRAINER.{self.CFG_NODE}.AUGMENT_EPOCHS must be >= 0, got {views}")
-        return self.split_features("train_x", self.dm.dataset.train_x, views)
+        tfm = self.dm.tfm_train if views > 0 else self.dm.tfm_test
+        views = max(views, 1)
+        data, cfg = self.dm.dataset.train_x, self.cfg
+        loader = build_data_loader(cfg, data, cfg.DATALOADER.TEST.BATCH_SIZE, tfm, is_train=False)
+        files = [(item.impath, *file_identity(item.impath), item.label) for item in data]
+        key = {
+            "kind": "support", "backbone": self.backbone.name, "fingerprint": self.backbone.fingerprint(),
+            "dataset": cfg.DATASET.NAME, "num_shots": cfg.DATASET.NUM_SHOTS, "seed": cfg.SEED,
+            "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "files": text_digest([repr(f) for f in files]),
+            "count": len(files), "transform": repr(tfm), "views": views, "precision": cfg.TRAINER.PREC,
+        }
+        entry = self.feature_cache.get_or_compute(
+            key, lambda: extract_views(self.image_features, loader, self.device, views, max(cfg.SEED, 0)))
+        return entry["features"].to(self.device), entry["labels"].to(self.device)
 
     def val_features(self):
         """``(features [N, d], labels [N])`` of the few-shot val split (test transform), or None without one."""
-        if not self.dm.dataset.val:
+        if self.val_loader is None:
             return None
-        features, labels = self.split_features("val", self.dm.dataset.val, 0)
-        return features[0], labels
+        features = self.split_image_features(self.val_loader, "val").to(self.device)
+        labels = torch.tensor([item.label for item in self.val_loader.dataset.data_source], device=self.device)
+        return features, labels
 
     def before_train(self):
         super().before_train()

@@ -42,6 +42,8 @@ def outlier_keep_mask(scores, tau, eps=1e-12):
     std). Degenerate cases (all scores equal, or nothing kept) keep every prompt instead of producing NaN.
     Computed without host synchronisation.
     """
+    if scores.numel() < 2:
+        return torch.ones_like(scores, dtype=torch.bool)
     median = scores.median()
     mad = (scores - median).abs().median()
     z = (scores - median) / mad.clamp_min(eps)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vmfcoop.engine import TRAINER_REGISTRY
+from vmfcoop.engine.errors import ConfigError
 
 from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts
 
@@ -70,6 +71,13 @@ class CacheTrainer(FeatureTrainer):
     CFG_DEFAULTS = dict(FEATURE_DEFAULTS, INIT_ALPHA=1.0, INIT_BETA=1.0, SEARCH_SCALE=[50.0, 50.0],
                         SEARCH_STEP=[200, 200], ADAM_EPS=1e-4)
     TRAINABLE_KEYS = False
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        node = cfg.TRAINER.TIP_ADAPTER
+        if len(node.SEARCH_SCALE) != 2 or len(node.SEARCH_STEP) != 2 or min(node.SEARCH_STEP) < 1:
+            raise ConfigError("TRAINER.TIP_ADAPTER.SEARCH_SCALE and SEARCH_STEP take [beta, alpha] pairs with "
+                              f"steps >= 1; got {list(node.SEARCH_SCALE)} and {list(node.SEARCH_STEP)}")
 
     def build_parts(self):
         labels = torch.tensor([item.label for item in self.dm.dataset.train_x])
