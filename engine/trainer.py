@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import DataManager
-from .errors import LossDivergedError
+from .errors import ConfigError, LossDivergedError
 from .evaluator import build_evaluator, compute_accuracy, write_results
 from .meters import AverageMeter, MetricMeter
 
@@ -194,6 +194,9 @@ class SimpleTrainer(TrainerBase):
         self.loaded_epoch = None
         self.eval_only = False
         self.build_data_loader()
+        if cfg.TEST.FINAL_MODEL == "best_val" and self.val_loader is None and not cfg.TEST.NO_TEST:
+            raise ConfigError("TEST.FINAL_MODEL best_val needs a validation split, but this dataset has none; "
+                              "use last_step (model selection must never look at the test split).")
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")

@@ -82,7 +82,9 @@ class Job:
                 "--trainer", self.trainer, "--config-file", self.config_file,
                 "--dataset-config-file", self.dataset_config_file]
         if self.model_dir is not None:
-            args += ["--eval-only", "--model-dir", self.model_dir, "--load-epoch", str(load_epoch)]
+            args += ["--eval-only", "--model-dir", self.model_dir]
+            if load_epoch is not None:  # None: the run kept its best-val checkpoint (model-best.pth.tar)
+                args += ["--load-epoch", str(load_epoch)]
         return args + list(self.opts)
 
 
@@ -205,12 +207,16 @@ def job_state(job):
 
 
 def trained_epoch(model_dir):
-    """The epoch the training run in ``model_dir`` ended at (its checkpoint to load), from its results.json."""
+    """The epoch the training run in ``model_dir`` ended at (its checkpoint to load), from its results.json;
+    None when the run deployed its best-val checkpoint, which eval-only loads without an epoch."""
     path = os.path.join(model_dir, "results.json")
     try:
-        epoch = read_results(path).get("epoch")
+        results = read_results(path)
     except (OSError, ValueError) as err:
         raise RuntimeError(f"Cannot read the training run's {path} ({err}); rerun the base training.") from None
+    if results.get("config", {}).get("TEST", {}).get("FINAL_MODEL") == "best_val":
+        return None
+    epoch = results.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool):
         raise RuntimeError(f"{path} has no integer 'epoch' field (got {epoch!r}); cannot choose the checkpoint.")
     return epoch

@@ -31,6 +31,8 @@ class ClipTrainer(TrainerX):
     MODULE_NAME = "prompt_learner"
     # True when test-time image features do not depend on anything learned, so they can be cached.
     FROZEN_IMAGE_FEATURES = True
+    # False for methods fitted on cached features in run_epoch (no forward_backward per batch).
+    PER_BATCH_STEP = True
 
     @classmethod
     def extend_cfg(cls, cfg):

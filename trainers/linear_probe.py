@@ -87,6 +87,8 @@ class LinearClassifier(FittedParts):
 class LinearProbe(FeatureTrainer):
     """Closed-form fit before the loop; OPTIM.MAX_EPOCH 1 gives the epoch that writes the checkpoint."""
 
+    PER_BATCH_STEP = False
+
     CFG_NODE = "LINEAR_PROBE"
     CFG_DEFAULTS = dict(FEATURE_DEFAULTS, AUGMENT_EPOCHS=0, C_GRID=list(C_GRID), REFINE_STEPS=8, MAX_ITER=1000,
                         TOLERANCE=1e-4)

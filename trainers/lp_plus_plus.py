@@ -81,6 +81,8 @@ class BlendedProbe(FittedParts):
 
 @TRAINER_REGISTRY.register()
 class LPPlusPlus(FeatureTrainer):
+
+    PER_BATCH_STEP = False
     CFG_NODE = "LP_PLUS_PLUS"
     CFG_DEFAULTS = dict(FEATURE_DEFAULTS, ALPHA_UPDATE_EVERY=10, ALPHA_INIT_SCALE=250.0)
 

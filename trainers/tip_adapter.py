@@ -125,6 +125,8 @@ class CacheTrainer(FeatureTrainer):
 class TipAdapter(CacheTrainer):
     """Training-free (OPTIM.MAX_EPOCH 1: one epoch with nothing to step, then the search and checkpoint)."""
 
+    PER_BATCH_STEP = False
+
     def run_epoch(self):
         print(f"epoch [{self.epoch + 1}/{self.max_epoch}] training-free: nothing to step "
               f"({self.learner.keys.shape[0]} cache keys)")
