@@ -12,7 +12,6 @@ import statistics
 import time
 
 import torch
-
 from vmfcoop.clip_backbones import build_backbone
 
 CLASSNAMES = [

@@ -100,8 +100,12 @@ def evenly_spaced(items, count):
 def measure_anchor_setup(trainer, device, sample_sentences, sample_tokens):
     """Seconds of the per-run fixed text work (anchors): project cold and warm, reference estimated."""
     from vmfcoop.datasets.prompt_bank import load_prompt_bank_from_cfg
-    from vmfcoop.trainers.anchors import (anchor_geometry_from_cfg, filter_vocabulary, mean_vocabulary_feature,
-                                          template_frame)
+    from vmfcoop.trainers.anchors import (
+        anchor_geometry_from_cfg,
+        filter_vocabulary,
+        mean_vocabulary_feature,
+        template_frame,
+    )
     from vmfcoop.trainers.text_features import encode_sentences
 
     cfg, backbone, node = trainer.cfg, trainer.backbone, trainer.method_cfg

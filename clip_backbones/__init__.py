@@ -7,8 +7,14 @@ random test backbones.
     text = bb.encode_text(ids, mask)             # [N, bb.joint_dim], not normalised
 """
 from .base import ClipBackbone, fingerprint_state_dict, trim_to_longest
-from .factory import (BACKBONE_NAMES, build_backbone, build_backbone_from_cfg, clear_backbone_cache,
-                      load_backbone_config, save_backbone)
+from .factory import (
+                      BACKBONE_NAMES,
+                      build_backbone,
+                      build_backbone_from_cfg,
+                      clear_backbone_cache,
+                      load_backbone_config,
+                      save_backbone,
+)
 from .weights import BackboneWeightsMismatch, BackboneWeightsNotFound, env_var_name
 
 __all__ = [

@@ -8,15 +8,31 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from vmfcoop.engine.errors import VmfcoopError
 from vmfcoop.engine.registry import unknown_name_message
 
-from .convert import (PMC_CLIP_IMAGE_FILE, PMC_CLIP_PROJECTION_FILE, PMC_CLIP_TEXT_FILE,
-                      read_clip_weights, read_open_clip_weights, read_pmc_clip_weights)
+from .convert import (
+    PMC_CLIP_IMAGE_FILE,
+    PMC_CLIP_PROJECTION_FILE,
+    PMC_CLIP_TEXT_FILE,
+    read_clip_weights,
+    read_open_clip_weights,
+    read_pmc_clip_weights,
+)
 from .medclip import MedClipBackbone
 from .open_clip_backbones import OpenClipBertBackbone, OpenClipNativeBackbone
-from .weights import (HF_WEIGHT_FILES, OPEN_CLIP_WEIGHT_FILES, BackboneWeightsNotFound,
-                      FileRequirement, HubRepo, env_var_name, fetch_hub_files, find_local_files,
-                      load_weights, missing_files_message)
+from .weights import (
+    HF_WEIGHT_FILES,
+    OPEN_CLIP_WEIGHT_FILES,
+    BackboneWeightsNotFound,
+    FileRequirement,
+    HubRepo,
+    env_var_name,
+    fetch_hub_files,
+    find_local_files,
+    load_weights,
+    missing_files_message,
+)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 HUB = "hub"  # weights source: the Hugging Face hub / cache
@@ -108,12 +124,20 @@ _SPECS = {spec.name: spec for spec in (
 )}
 
 BACKBONE_NAMES = tuple(_SPECS)
+
+
+class UnknownBackboneError(VmfcoopError, KeyError):
+    """``MODEL.BACKBONE.NAME`` names no backbone (the message suggests close names)."""
+
+    def __str__(self):
+        return self.args[0]
+
 _CACHE = {}
 
 
 def get_spec(name):
     if name not in _SPECS:
-        raise KeyError(unknown_name_message("backbone", name, BACKBONE_NAMES))
+        raise UnknownBackboneError(unknown_name_message("backbone", name, BACKBONE_NAMES))
     return _SPECS[name]
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from vmfcoop.engine.errors import VmfcoopError
 
 OPEN_CLIP_WEIGHT_FILES = (
     "open_clip_model.safetensors",
@@ -17,11 +18,11 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _STALE_BUFFER_SUFFIXES = ("position_ids", "relative_position_index")
 
 
-class BackboneWeightsNotFound(RuntimeError):
+class BackboneWeightsNotFound(VmfcoopError, RuntimeError):
     """The files a backbone needs are neither at the given path nor in the Hugging Face cache."""
 
 
-class BackboneWeightsMismatch(RuntimeError):
+class BackboneWeightsMismatch(VmfcoopError, RuntimeError):
     """A weights file does not fit the backbone's architecture (missing, extra or mis-shaped keys)."""
 
 

@@ -26,7 +26,6 @@ from .layout import (
     read_split,
 )
 
-
 UK_BIOBANK_NOTE = ("UK Biobank data are restricted: apply for access at https://www.ukbiobank.ac.uk, export the "
                    "images, and write the split file yourself.")
 

@@ -18,11 +18,10 @@ import zipfile
 from dataclasses import dataclass
 
 from tqdm import tqdm
-
+from vmfcoop.engine.errors import VmfcoopError
 from vmfcoop.engine.utils import atomic_write
 
 from .layout import DatasetNotFoundError, DatasetPaths, check_images_present, read_split
-from vmfcoop.engine.errors import VmfcoopError
 
 HF_DATASET_REPO = "TahaKoleilat/BiomedCoOp"
 BIOMEDCOOP_SPLIT_URL = "https://raw.githubusercontent.com/HealthX-Lab/BiomedCoOp/main/data/{name}/split_{name}.json"

@@ -8,6 +8,7 @@ import math
 import random
 import warnings
 from collections import defaultdict
+
 from vmfcoop.engine.errors import ConfigError
 
 VAL_SHOTS_CAP = 4  # BiomedCoOp/CoOp convention: few-shot val holds min(K, 4) images per class

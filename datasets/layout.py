@@ -7,8 +7,8 @@
 import os
 from dataclasses import dataclass
 
-from vmfcoop.engine.utils import read_json
 from vmfcoop.engine.errors import VmfcoopError
+from vmfcoop.engine.utils import read_json
 
 SPLIT_NAMES = ("train", "val", "test")
 

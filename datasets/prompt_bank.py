@@ -13,8 +13,8 @@ import ast
 import os
 import urllib.request
 
-from vmfcoop.engine.utils import read_json, write_json
 from vmfcoop.engine.errors import VmfcoopError
+from vmfcoop.engine.utils import read_json, write_json
 
 PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 DEFAULT_SOURCE = "claude"

@@ -10,7 +10,6 @@ import tempfile
 
 import numpy as np
 from PIL import Image
-
 from vmfcoop.engine.build import DATASET_REGISTRY
 from vmfcoop.engine.utils import write_json
 

@@ -3,7 +3,6 @@ import io
 import os
 
 from PIL import Image
-
 from vmfcoop.engine.utils import write_json
 
 from .layout import DatasetPaths

@@ -3,7 +3,8 @@ import os
 
 import torch
 from tabulate import tabulate
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from .build import build_dataset
 from .transforms import build_transform

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from .errors import VmfcoopError
 
 

@@ -11,14 +11,19 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.engine import build_trainer
 from vmfcoop.engine.cli import build_parser, main, setup_cfg
 from vmfcoop.trainers.clip_adapter import residual_blend
 from vmfcoop.trainers.feature_utils import class_digests, class_index_map
 from vmfcoop.trainers.linear_probe import fit_logistic_regression, logistic_objective, search_log_scale
-from vmfcoop.trainers.lp_plus_plus import (alpha_gradient, alpha_lr, class_sums, initial_alpha, lp_plus_plus_logits,
-                                           visual_lr)
+from vmfcoop.trainers.lp_plus_plus import (
+    alpha_gradient,
+    alpha_lr,
+    class_sums,
+    initial_alpha,
+    lp_plus_plus_logits,
+    visual_lr,
+)
 from vmfcoop.trainers.tip_adapter import TipCache, search_alpha_beta, search_grid, tip_cache_logits
 
 

@@ -6,7 +6,6 @@ import math
 import os
 
 import pytest
-
 from vmfcoop.tools import aggregate as agg
 
 

@@ -9,9 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 import toy_trainer  # noqa: F401  (registers ToyTrainer and DivergingToyTrainer)
+from PIL import Image
 from vmfcoop.datasets.testing import write_fake_dataset
 from vmfcoop.engine.checkpoint import CheckpointError, load_checkpoint
 from vmfcoop.engine.cli import lock_output_dir, main

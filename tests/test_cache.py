@@ -1,9 +1,7 @@
 """The feature cache gives the same logits as the uncached path and is invalidated by any key change."""
 import os
 
-import pytest
 import torch
-
 from vmfcoop.engine import build_trainer
 from vmfcoop.engine.cache import FeatureCache
 from vmfcoop.engine.cli import build_parser, main, setup_cfg

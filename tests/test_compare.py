@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-
 from vmfcoop.tools import compare
 
 FAKE_TRAIN = textwrap.dedent(

@@ -7,9 +7,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import yaml
-
 import vmfcoop.datasets  # noqa: F401  (registers the datasets)
+import yaml
 from vmfcoop.datasets.fewshot import make_fewshot_split
 from vmfcoop.datasets.layout import DatasetNotFoundError, DatasetPaths, SplitFileError, check_classnames, read_split
 from vmfcoop.datasets.synthetic import SyntheticMed, synthetic_prompt_bank

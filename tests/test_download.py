@@ -5,7 +5,6 @@ import stat
 import zipfile
 
 import pytest
-
 import vmfcoop.datasets.download as download
 from vmfcoop.datasets.download import DownloadSpec, UnsafeArchiveError, download_dataset, safe_extract_zip
 from vmfcoop.datasets.layout import DatasetNotFoundError, DatasetPaths

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-
 import toy_trainer  # noqa: F401  (registers ToyTrainer)
 from vmfcoop.engine import TRAINER_REGISTRY, Registry, build_lr_scheduler, get_cfg_default
 from vmfcoop.engine.cli import build_parser, main, setup_cfg

@@ -5,7 +5,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from vmfcoop.datasets.prompt_bank import load_prompt_bank
 from vmfcoop.tools import generate_prompts
 from vmfcoop.tools.generate_prompts import ChatAPIError, chat_completion, parse_descriptions

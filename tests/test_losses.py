@@ -4,10 +4,15 @@ import math
 import pytest
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.trainers.losses import (
-    consistency_mse, distillation_kl, knowledge_distance, masked_prompt_mean, outlier_keep_mask,
-    project_conflicting_gradient, prompt_scores, soft_cross_entropy,
+    consistency_mse,
+    distillation_kl,
+    knowledge_distance,
+    masked_prompt_mean,
+    outlier_keep_mask,
+    project_conflicting_gradient,
+    prompt_scores,
+    soft_cross_entropy,
 )
 
 

@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-
 import vmfcoop.datasets  # noqa: F401  (registers the datasets)
 from vmfcoop.datasets import prompt_bank
 from vmfcoop.datasets.prompt_bank import (

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-
 from vmfcoop.clip_backbones import build_backbone
 from vmfcoop.engine import TRAINER_REGISTRY, build_trainer
 from vmfcoop.engine.cli import build_parser, main, setup_cfg

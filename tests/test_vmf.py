@@ -5,12 +5,27 @@ import numpy as np
 import pytest
 import torch
 from scipy.special import iv
-
-from vmfcoop.trainers.losses import (anchor_alignment_loss, annealed_scale, capped_drift, dynamic_anchor_targets,
-                                     semantic_contrastive_loss, symmetric_cross_entropy)
-from vmfcoop.trainers.vmf import (VMFField, angle_degrees, banerjee_kappa, bessel_ratio, estimate_kappa,
-                                  exact_kappa, fit_vmf, kappa_bounds, mean_natural_parameter, mean_resultant,
-                                  unified_anchor)
+from vmfcoop.trainers.losses import (
+    anchor_alignment_loss,
+    annealed_scale,
+    capped_drift,
+    dynamic_anchor_targets,
+    semantic_contrastive_loss,
+    symmetric_cross_entropy,
+)
+from vmfcoop.trainers.vmf import (
+    VMFField,
+    angle_degrees,
+    banerjee_kappa,
+    bessel_ratio,
+    estimate_kappa,
+    exact_kappa,
+    fit_vmf,
+    kappa_bounds,
+    mean_natural_parameter,
+    mean_resultant,
+    unified_anchor,
+)
 
 
 def sample_vmf_wood(mu, kappa, n, rng):

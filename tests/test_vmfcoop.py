@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.clip_backbones import build_backbone
 from vmfcoop.engine.build import build_trainer
 from vmfcoop.engine.cli import build_parser, main, setup_cfg
 from vmfcoop.engine.utils import set_random_seed
-from vmfcoop.trainers.anchors import (filter_vocabulary, llm_fields_from_features, mean_vocabulary_feature,
-                                      template_frame)
+from vmfcoop.trainers.anchors import (
+    filter_vocabulary,
+    llm_fields_from_features,
+    mean_vocabulary_feature,
+    template_frame,
+)
 from vmfcoop.trainers.losses import symmetric_cross_entropy
 from vmfcoop.trainers.text_features import encode_sentences
 from vmfcoop.trainers.vmf import fit_vmf, mean_natural_parameter

@@ -1,8 +1,6 @@
 """A minimal trainer for engine tests: a linear layer on average-pooled pixels."""
-import torch
 from torch import nn
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
 from vmfcoop.engine.config import add_node
 

@@ -11,9 +11,8 @@ import glob
 import os
 import sys
 
-import yaml
-
 import vmfcoop.datasets  # noqa: F401  (registers the datasets)
+import yaml
 from vmfcoop.datasets.download import download_dataset
 from vmfcoop.datasets.layout import DatasetNotFoundError, DatasetPaths
 from vmfcoop.engine.build import DATASET_REGISTRY

@@ -1,4 +1,14 @@
 """Trainers: importing this package registers every method in ``TRAINER_REGISTRY``."""
 from . import (  # noqa: F401
-    biomedcoop, clip_adapter, cocoop, coop, kgcoop, linear_probe, lp_plus_plus, prograd, tip_adapter, vmfcoop, zeroshot,
+    biomedcoop,
+    clip_adapter,
+    cocoop,
+    coop,
+    kgcoop,
+    linear_probe,
+    lp_plus_plus,
+    prograd,
+    tip_adapter,
+    vmfcoop,
+    zeroshot,
 )

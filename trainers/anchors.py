@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
-
 from vmfcoop.engine.cache import cache_from_cfg, text_digest
 
 from .text_features import prompt_bank_features

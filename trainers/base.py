@@ -10,7 +10,6 @@ import os
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
-
 from vmfcoop.clip_backbones import build_backbone_from_cfg
 from vmfcoop.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy
 from vmfcoop.engine.cache import cache_from_cfg, text_digest

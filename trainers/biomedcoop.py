@@ -7,7 +7,6 @@ The frozen image features serve as the zero-shot image features (the reference r
 frozen ViT a second time), and the pruning is vectorised.
 """
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg

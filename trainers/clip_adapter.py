@@ -10,7 +10,6 @@ the new classes' template features.
 """
 from torch import nn
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 from vmfcoop.engine.errors import ConfigError
 

@@ -2,7 +2,6 @@
 import torch
 from torch import nn
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg

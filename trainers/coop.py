@@ -1,6 +1,5 @@
 """CoOp (Zhou et al., IJCV 2022): learn the prompt context with cross-entropy only."""
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg

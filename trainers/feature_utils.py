@@ -15,7 +15,6 @@ import hashlib
 
 import torch
 from torch import nn
-
 from vmfcoop.engine.cache import text_digest
 from vmfcoop.engine.data import build_data_loader
 from vmfcoop.engine.errors import ConfigError

@@ -1,6 +1,5 @@
 """KgCoOp (Yao et al., CVPR 2023): CE plus W * (1 - mean cosine) to the hand-crafted template features."""
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg

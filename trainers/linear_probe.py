@@ -19,7 +19,6 @@ import math
 
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts, accuracy

@@ -17,7 +17,6 @@ TEST.FINAL_MODEL best_val keeps the best epoch on the val split (the code keeps 
 """
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts, accuracy

@@ -6,7 +6,6 @@ reference BiomedCLIP port distils from the student itself, which makes the KL gr
 """
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY, compute_accuracy
 
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg

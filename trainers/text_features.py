@@ -1,7 +1,6 @@
 """Frozen text features of fixed sentences: templates and LLM prompt banks (computed once, trimmed)."""
 import torch
 from torch.nn import functional as F
-
 from vmfcoop.engine.cache import text_digest
 from vmfcoop.engine.utils import tolist_if_not
 

@@ -13,7 +13,6 @@ SEARCH_STEP[i], i = 0 for beta and 1 for alpha; the first best (beta, alpha) in 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 from vmfcoop.engine.errors import ConfigError
 

@@ -20,15 +20,20 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 from vmfcoop.engine.cache import text_digest
 from vmfcoop.engine.errors import ConfigError
 
 from .anchors import VOCAB_FILTERS, anchor_geometry_from_cfg, geometry_summary
 from .base import PROMPT_DEFAULTS, ClipTrainer, LearnedParts, prompt_learner_from_cfg
-from .losses import (anchor_alignment_loss, annealed_scale, capped_drift, dynamic_anchor_targets,
-                     semantic_contrastive_loss, symmetric_cross_entropy)
+from .losses import (
+    anchor_alignment_loss,
+    annealed_scale,
+    capped_drift,
+    dynamic_anchor_targets,
+    semantic_contrastive_loss,
+    symmetric_cross_entropy,
+)
 from .vmf import KAPPA_ESTIMATORS, angle_degrees
 
 VMFCOOP_DEFAULTS = dict(

@@ -4,7 +4,6 @@ They train nothing (MAX_EPOCH 0 in their configs); running them through the norm
 just evaluates, so every method shares one protocol and one output layout.
 """
 from torch.nn import functional as F
-
 from vmfcoop.engine import TRAINER_REGISTRY
 
 from .base import ClipTrainer
