@@ -17,7 +17,7 @@ medians and their ratio are printed. Then the per-run fixed text work (the ancho
 project's first run (cache miss) and later runs (cache hit) are measured in full; the reference
 cost is extrapolated from a measured sample. Last, the one-off cost of the vocabulary field of the
 real BiomedCLIP vocabulary (about 30.5k tokens; the random-weights build's filtered vocabulary has
-only ~130 real tokens) is extrapolated from one measured batch.
+only ~240 real tokens, the rest being [unused] fillers) is extrapolated from one measured batch.
 
     python benchmarks/bench_train_step.py [--device auto|cpu|cuda] [--repeats 5] [--threads 2]
 """
@@ -181,7 +181,8 @@ def main():
     started = time.perf_counter()
 
     with common.work_dir(args.work_dir) as work:
-        backbone, build_seconds = common.install_random_backbone(args.backbone, device)
+        words = common.prompt_words()
+        backbone, build_seconds = common.install_random_backbone(args.backbone, device, words)
         trainer = build_trainer(f"{work}/data", f"{work}/out", f"{work}/cache", device)
         batch = next(iter(trainer.train_loader_x))
         trim, pad = prompt_lengths(trainer)
@@ -195,6 +196,8 @@ def main():
 
     print(f"vMFCoOp training step: {args.backbone} (real size, random weights, built in {build_seconds:.1f} s), "
           f"SyntheticMed 4 classes, K=1, batch {batch['img'].shape[0]}; {common.describe_machine(device, args.threads)}")
+    print(f"Tokenizer: the random build's vocabulary plus the {len(words)} words of SyntheticMed's class names and "
+          "prompts, one token each as in BiomedBERT (realistic prompt lengths).")
     print("Step = the trainer's forward_backward: ViT on the batch, text forward+backward of the 4 class prompts "
           "into the learned context, SCE + L_anc + L_sc, SGD step (same trainer, same batch for both).")
     for name, (_, text) in VARIANTS.items():

@@ -64,21 +64,59 @@ def work_dir(path):
 # ---------------------------------------------------------------- backbone with random weights
 
 
-def install_random_backbone(name, device):
+def prompt_words(dataset="SyntheticMed"):
+    """Lower-case words of the dataset's class names, its prompt bank and the hand-crafted templates."""
+    import re
+
+    from vmfcoop.datasets.prompt_bank import load_prompt_bank
+    from vmfcoop.engine.build import DATASET_REGISTRY
+
+    import vmfcoop.datasets  # noqa: F401  (registers the datasets)
+
+    classnames = list(DATASET_REGISTRY.get(dataset).CLASSNAMES)
+    texts = classnames + ["a photo of a"]
+    for bank in load_prompt_bank(dataset, classnames, n_prompts=None).values():
+        texts += [sentence for name in classnames for sentence in bank[name]]
+    return sorted({word for text in texts for word in re.findall(r"[a-z]+", text.lower())})
+
+
+def covering_wordpiece_vocab(size, words):
+    """The random-weights build's ``token -> id`` vocabulary with ``words`` in place of its first
+    ``[unused]`` fillers, so each of them is one token as common words are in BiomedBERT."""
+    from vmfcoop.clip_backbones.tokenizers import synthetic_wordpiece_vocab
+
+    tokens = list(synthetic_wordpiece_vocab(size))
+    new = [word for word in words if word not in set(tokens)]
+    fillers = [i for i, token in enumerate(tokens) if token.startswith("[unused")][:len(new)]
+    if len(fillers) < len(new):
+        raise ValueError(f"A vocabulary of {size} tokens has no room for {len(new)} more words")
+    for index, word in zip(fillers, new):
+        tokens[index] = word
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def install_random_backbone(name, device, words=()):
     """Build ``name`` at real size with deterministic random weights and make every trainer get it.
 
     Trainers build their backbone from the config with ``build_backbone_from_cfg``, which looks in
     the module-level backbone cache under (name, weights source, device) before fetching weights.
     Registering the random build under the key a default config resolves to (the hub, or
     ``$VMFCOOP_<NAME>_PATH``) means nothing is downloaded or read from disk, and the backbone is
-    built once per process. Speed does not depend on the weight values.
+    built once per process. Speed does not depend on the weight values, but it does depend on prompt
+    lengths: a random BERT build's vocabulary holds letters and a few words only, so other words
+    split into letters (a 15-word sentence becomes ~60 tokens). ``words`` are added to a WordPiece
+    vocabulary so they are one token each, as in the real one (CLIP's BPE vocabulary is already real).
     Returns ``(backbone, build seconds)``.
     """
     from vmfcoop.clip_backbones import build_backbone, factory
+    from vmfcoop.clip_backbones.tokenizers import WordPieceTokenizer
 
     start = time.perf_counter()
     backbone = build_backbone(name, device=device, pretrained=False, cache=False)
     seconds = time.perf_counter() - start
+    if words and isinstance(backbone.tokenizer, WordPieceTokenizer):  # before anything reads the vocabulary
+        size = backbone.token_embedding_layer().num_embeddings
+        backbone.tokenizer = WordPieceTokenizer(covering_wordpiece_vocab(size, words), backbone.context_length)
     spec = factory.get_spec(name)
     factory._CACHE[(spec.name, factory.weights_source(spec), str(torch.device(device)))] = backbone
     if build_backbone(name, device=device) is not backbone:
@@ -237,6 +275,7 @@ def trainer_argv(trainer, root, output_dir, seed, shots, device, cache_dir="", c
 @contextlib.contextmanager
 def quiet(log_path):
     """Send stdout and stderr (config dumps, progress bars) to ``log_path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         yield
 

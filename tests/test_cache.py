@@ -103,3 +103,20 @@ def test_changed_transform_or_weights_invalidate_image_features(repo_root, synth
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+def test_concurrent_writers_never_leave_a_corrupt_entry(tmp_path):
+    """Several processes racing on one key: each gets a correct value and the file stays loadable."""
+    import multiprocessing
+
+    key = {"kind": "text", "race": 1}
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        values = pool.starmap(_race_once, [(str(tmp_path), key)] * 4)
+    assert all(torch.equal(v, torch.arange(100_000.0)) for v in values)
+    assert torch.load(FeatureCache(str(tmp_path)).path(key), weights_only=True)["key"] == key
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+
+
+def _race_once(directory, key):
+    return FeatureCache(directory).get_or_compute(key, lambda: torch.arange(100_000.0))
