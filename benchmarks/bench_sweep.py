@@ -101,7 +101,7 @@ def one_run(backbone, argv, output_dir, device):
 def run_variant(variant, args, device):
     """The whole sweep for one variant in this process (the child); returns a JSON-able summary."""
     started = time.perf_counter()
-    backbone, build_seconds = common.install_random_backbone(args.backbone, device, common.prompt_words())
+    backbone, _ = common.install_random_backbone(args.backbone, device, common.prompt_words())
     base = os.path.join(args.work_dir, variant)
     root, cache_dir = os.path.join(base, "data"), os.path.join(base, "cache")
     prepare_dataset(root, device)
@@ -121,7 +121,7 @@ def run_variant(variant, args, device):
                   f"{row['images']} images encoded", file=sys.stderr, flush=True)
     if not VARIANTS[variant] and os.path.exists(cache_dir):
         sys.exit(f"error: the uncached sweep wrote to {cache_dir}; CACHE.ENABLED False is not honoured")
-    return {"variant": variant, "rows": rows, "build_seconds": build_seconds, "setup_seconds": setup_seconds,
+    return {"variant": variant, "rows": rows, "setup_seconds": setup_seconds,
             "ru_maxrss_mib": common.process_peak_rss_mib()}
 
 
@@ -161,7 +161,7 @@ def print_report(results, args, device):
     for name, result in results.items():
         rows = result["rows"]
         totals[name] = {"seconds": sum(r["seconds"] for r in rows), "images": sum(r["images"] for r in rows)}
-    print(f"Totals                          cached     uncached   uncached/cached")
+    print("Totals                          cached     uncached   uncached/cached")
     for key, label, spec in (("seconds", "wall time of the runs, s", ".1f"), ("images", "image-encoder passes", "d")):
         a, b = totals["cached"][key], totals["uncached"][key]
         print(f"  {label:<26} {a:>10{spec}} {b:>12{spec}}   {common.ratio(b, a):>8}")

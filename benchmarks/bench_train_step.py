@@ -29,14 +29,12 @@ import time
 import common
 import torch
 
-VARIANTS = {
-    "project": (contextlib.nullcontext,
-                "learned prompts trimmed to the longest real prompt (L={trim}); anchors cached on disk, "
-                "loaded once per run"),
-    "reference": (common.text_padded_to_context,
-                  "every text input padded to the context length (L={pad}) as BiomedCoOp does; no disk "
-                  "cache: fixed text features recomputed once per run"),
-}
+PROJECT_TEXT = ("learned prompts trimmed to the longest real prompt (L={trim}); anchors cached on disk, "
+                "loaded once per run")
+REFERENCE_TEXT = ("every text input padded to the context length (L={pad}) as BiomedCoOp does; no disk "
+                  "cache: fixed text features recomputed once per run")
+VARIANTS = {"project": (contextlib.nullcontext, PROJECT_TEXT),
+            "reference": (common.text_padded_to_context, REFERENCE_TEXT)}
 
 
 def build_trainer(root, out, cache_dir, device):

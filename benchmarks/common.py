@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: an offline real-size backbone with random weights, device and
 thread setup, a count of image-encoder passes, reference-style text padding, peak memory, timing.
 
-Import this module before torch-heavy modules: it makes Hugging Face libraries offline-only, so a
+Importing this module makes Hugging Face libraries offline-only (before vmfcoop imports them), so a
 missing file fails at once instead of waiting for network time-outs.
 """
 import contextlib
@@ -12,12 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+from torch.nn import functional as F
+
+# Read by huggingface_hub / transformers when first imported (by vmfcoop, later).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -68,10 +69,9 @@ def prompt_words(dataset="SyntheticMed"):
     """Lower-case words of the dataset's class names, its prompt bank and the hand-crafted templates."""
     import re
 
+    import vmfcoop.datasets  # noqa: F401  (registers the datasets)
     from vmfcoop.datasets.prompt_bank import load_prompt_bank
     from vmfcoop.engine.build import DATASET_REGISTRY
-
-    import vmfcoop.datasets  # noqa: F401  (registers the datasets)
 
     classnames = list(DATASET_REGISTRY.get(dataset).CLASSNAMES)
     texts = classnames + ["a photo of a"]
