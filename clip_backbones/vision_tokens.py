@@ -14,6 +14,10 @@ Tokens seen by hooks are the transformer's input sequence ``[class token, patch 
 an earlier hook inserted), batch first, in the tower's width. A hook may change the sequence length
 (insert prompt tokens) when the tower pools its class token (every supported backbone does).
 Both functions compute exactly what ``bb.encode_image`` computes when no hook changes the tokens.
+No attention maps are returned: OGKD picks its "attentive" patches by the teacher's true-class score.
+The forward is spelled out with the towers' own pieces, including open_clip's ``_embeds``/``_pool`` and
+timm's ``_pos_embed`` (private, but stable in the pinned open_clip 3.x / timm 1.x; the equality test
+catches a change).
 """
 import torch
 from vmfcoop.engine.errors import VmfcoopError

@@ -1,4 +1,7 @@
 """Biomed-DPT and BiomedAP: the dual-anchor constraint, the gated fusion and the prompted image forward."""
+import glob
+import os
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -204,3 +207,30 @@ def test_biomedap_config_errors(repo_root, synthetic_root, tmp_path):
         build("BiomedAP", repo_root, synthetic_root, tmp_path, ("TRAINER.BIOMEDAP.LOW_ANCHOR", "class"))
     with pytest.raises(ConfigError, match="TEMPLATE"):
         build("BiomedDPT", repo_root, synthetic_root, tmp_path, ("TRAINER.BIOMEDDPT.TEMPLATE", "no class here"))
+
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "trainers", "Biomed[AD]P*", "*",
+                                        "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: "/".join(p.split(os.sep)[-3:]))
+def test_shipped_configs_merge_and_fit_the_template(path):
+    trainer = path.split(os.sep)[-3]
+    cfg = setup_cfg(build_parser().parse_args(["--config-file", path, "--trainer", trainer]))
+    node = cfg.TRAINER[trainer.upper()]
+    few_shot = "few_shot" in path
+    assert cfg.OPTIM.MAX_EPOCH == (100 if few_shot else 50) and cfg.OPTIM.LR == 0.0025
+    assert cfg.DATASET.PROMPTS.N_PROMPTS == (40 if trainer == "BiomedAP" and few_shot else 50)
+    TemplatePromptLearner(build_backbone("tiny-clip"), ["x"], node.TEMPLATE, node.N_CTX)  # N_CTX fits
+
+
+def test_released_per_dataset_values_are_kept():
+    def node(trainer, protocol, dataset):
+        path = os.path.join(os.path.dirname(__file__), "..", "configs", "trainers", trainer, protocol, f"{dataset}.yaml")
+        return setup_cfg(build_parser().parse_args(["--config-file", path, "--trainer", trainer])).TRAINER
+    covid = node("BiomedAP", "few_shot", "covid").BIOMEDAP
+    assert (covid.N_CTX, covid.ANCHOR_HIGH_LAMBDA, covid.KL_LAMBDA, covid.ANCHOR_LOW_LAMBDA) == (6, 65.0, 2.5, 5.0)
+    assert covid.TEMPLATE == "a chest X-ray photo of a {} affected by COVID-19 in the lung."
+    chmnist = node("BiomedDPT", "base_to_novel", "chmnist").BIOMEDDPT
+    assert (chmnist.ANCHOR_HIGH_LAMBDA, chmnist.KL_LAMBDA) == (23.0, 0.9)
+    assert len(CONFIGS) == 2 * (11 + 1 + 10 + 1)

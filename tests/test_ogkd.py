@@ -1,5 +1,7 @@
 """OGKD: the class graph, GAD and LGD pinned to their formulas on hand-sized tensors, and the trainer's pieces."""
+import glob
 import math
+import os
 
 import pytest
 import torch
@@ -116,3 +118,23 @@ def test_trainer_rejects_bad_ratios(repo_root, synthetic_root, tmp_path):
         build(repo_root, synthetic_root, tmp_path, ("TRAINER.OGKD.TOP_K_RATIO", "0.0"))
     with pytest.raises(ConfigError, match="GAMMA"):
         build(repo_root, synthetic_root, tmp_path, ("TRAINER.OGKD.GAMMA", "1.5"))
+
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "trainers", "OGKD", "*", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: "/".join(p.split(os.sep)[-2:]))
+def test_shipped_configs_merge(path):
+    cfg = setup_cfg(build_parser().parse_args(["--config-file", path, "--trainer", "OGKD"]))
+    few_shot = "few_shot" in path
+    assert cfg.OPTIM.MAX_EPOCH == (100 if few_shot else 50) and cfg.OPTIM.LR == 0.0025
+    assert cfg.TRAINER.OGKD.GRAPH_ALPHA == (4.0 if few_shot else 1.0)
+
+
+def test_released_per_dataset_values_are_kept():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs", "trainers", "OGKD")
+    kvasir = setup_cfg(build_parser().parse_args(
+        ["--config-file", os.path.join(root, "base_to_novel", "kvasir.yaml"), "--trainer", "OGKD"])).TRAINER.OGKD
+    assert (kvasir.TAU, kvasir.SCCM_LAMBDA, kvasir.GAD_LAMBDA, kvasir.LGD_LAMBDA, kvasir.GAMMA, kvasir.TOP_K_RATIO) == \
+        (1.25, 1.0, 3.5, 22.0, 0.3, 0.03)
+    assert len(CONFIGS) == 11 + 1 + 10 + 1  # BUSI has no base-to-novel split
