@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from vmfcoop.engine import TRAINER_REGISTRY
 from vmfcoop.engine.cli import import_plugins
 from vmfcoop.tools import aggregate

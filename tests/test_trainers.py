@@ -7,6 +7,7 @@ import torch
 from vmfcoop.clip_backbones import build_backbone
 from vmfcoop.engine import TRAINER_REGISTRY, build_trainer
 from vmfcoop.engine.cli import build_parser, main, setup_cfg
+from vmfcoop.engine.utils import set_random_seed
 from vmfcoop.trainers.base import ClipTrainer
 from vmfcoop.trainers.prompt_learner import PromptLearner
 
@@ -100,7 +101,11 @@ def test_only_intended_parameters_get_gradients(trainer, repo_root, synthetic_ro
 
 
 def test_cocoop_conditions_context_on_each_image(repo_root, synthetic_root, tmp_path, capsys):
+    set_random_seed(1)
     t = build("CoCoOp", "tiny-bert", repo_root, synthetic_root, tmp_path)
+    with torch.no_grad():  # the tiny backbone's meta-net has 2 ReLU units, which can start dead
+        t.learner.meta_net[0].weight.normal_(0.0, 1.0)
+        t.learner.meta_net[0].bias.zero_()
     batch = next(iter(t.test_loader))
     images = torch.stack([batch["img"][batch["label"] == c][0] for c in range(3)])  # three classes
     feats = t.image_features(images)

@@ -581,6 +581,18 @@ def render_report(report, fmt):
     return "\n".join(p for p in parts if p)
 
 
+def write_text_files(out_dir, contents):
+    """Write ``{file name: text}`` into ``out_dir``; return the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, text in contents.items():
+        path = os.path.join(out_dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
 def write_outputs(report, out_dir, plots=True):
     """Write every table format, runs.csv and (optionally) the PNG plots to ``out_dir``; return the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -594,12 +606,7 @@ def write_outputs(report, out_dir, plots=True):
     contents["runs.csv"] = to_csv(runs_csv_rows(report.runs, report.labels))
     if report.problems:
         contents["problems.txt"] = "\n".join(report.problems) + "\n"
-    written = []
-    for name, text in contents.items():
-        path = os.path.join(out_dir, name)
-        with open(path, "w") as f:
-            f.write(text)
-        written.append(path)
+    written = write_text_files(out_dir, contents)
     if plots:
         written += write_plots(report, out_dir)
     return written

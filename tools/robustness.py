@@ -618,17 +618,10 @@ def csv_rows(reports, conditions):
 
 
 def write_outputs(reports, conditions, seed, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
     contents = {"robustness.csv": aggregate.to_csv(csv_rows(reports, conditions)),
                 "robustness.md": render(reports, conditions, seed, "markdown"),
                 "robustness.txt": render(reports, conditions, seed, "text")}
-    written = []
-    for name, text in contents.items():
-        path = os.path.join(out_dir, name)
-        with open(path, "w") as f:
-            f.write(text)
-        written.append(path)
-    return written
+    return aggregate.write_text_files(out_dir, contents)
 
 
 # ----------------------------------------------------------------------------------------------------------
