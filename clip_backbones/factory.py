@@ -220,12 +220,13 @@ def build_backbone(name, path="", device="cpu", *, pretrained=True, cache=True):
 
 
 def build_backbone_from_cfg(cfg, device=None, **kwargs):
-    """``build_backbone`` from ``cfg.MODEL.BACKBONE.NAME`` / ``.PATH``; CUDA when available and
-    ``cfg.USE_CUDA`` (Dassl's key) is not False."""
+    """``build_backbone`` from ``cfg.MODEL.BACKBONE.NAME`` / ``.PATH`` / ``.PRETRAINED``; CUDA when
+    available and ``cfg.USE_CUDA`` (Dassl's key) is not False."""
     if device is None:
         use_cuda = bool(getattr(cfg, "USE_CUDA", True)) and torch.cuda.is_available()
         device = "cuda" if use_cuda else "cpu"
     backbone_cfg = cfg.MODEL.BACKBONE
+    kwargs.setdefault("pretrained", bool(getattr(backbone_cfg, "PRETRAINED", True)))
     return build_backbone(backbone_cfg.NAME, getattr(backbone_cfg, "PATH", ""), device, **kwargs)
 
 

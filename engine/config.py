@@ -53,6 +53,8 @@ _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "BiomedCLIP"
 # Local directory or weights file; empty = the hub id, downloaded and cached on first use.
 _C.MODEL.BACKBONE.PATH = ""
+# False: the real architecture with deterministic random weights, no files needed (dry runs, benchmarks).
+_C.MODEL.BACKBONE.PRETRAINED = True
 
 _C.OPTIM = CN()
 _C.OPTIM.NAME = "sgd"

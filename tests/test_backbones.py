@@ -489,3 +489,17 @@ def test_loads_from_hugging_face_cache_offline(tmp_path, empty_offline_hub):
         spec, published=True, files=tuple(dataclasses.replace(req, hub=hub) for req in spec.files))
     loaded = factory.build_from_spec(published, source=factory.HUB)
     assert loaded.fingerprint() == saved.fingerprint()
+
+
+@pytest.mark.parametrize("pretrained, expected_source", [(True, "hub"), (False, "")])
+def test_config_pretrained_key_selects_random_weights(pretrained, expected_source, monkeypatch):
+    from vmfcoop.clip_backbones import factory
+    from vmfcoop.engine import get_cfg_default
+
+    sources = []
+    monkeypatch.setattr(factory, "build_from_spec", lambda spec, source: sources.append(source) or torch.nn.Linear(1, 1))
+    monkeypatch.delenv("VMFCOOP_BIOMEDCLIP_PATH", raising=False)
+    cfg = get_cfg_default()
+    cfg.MODEL.BACKBONE.PRETRAINED = pretrained
+    factory.build_backbone_from_cfg(cfg, device="cpu", cache=False)
+    assert sources == [expected_source]
