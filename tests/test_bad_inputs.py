@@ -199,3 +199,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(synthetic_root, tmp_path, r
     previous = int(log.split("Previous epoch: ")[1].split()[0])
     assert previous >= done
     assert json.load(open(out / "results.json"))["epoch"] == 300
+
+
+def test_best_val_without_a_val_split_is_refused(tmp_path, capsys):
+    write_fake_dataset(str(tmp_path), "BUSI", ["benign tumor", "malignant tumor", "normal scan"], counts=(4, 0, 2))
+    code, captured = run(tmp_path, tmp_path / "o", TOY, ["DATASET.NAME", "BUSI", "TEST.FINAL_MODEL", "best_val"], capsys)
+    assert_one_line_error(code, captured, "best_val needs a validation split")
+    assert_no_results(tmp_path / "o")

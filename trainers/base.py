@@ -122,9 +122,13 @@ class ClipTrainer(TrainerX):
             yield from super().inference_batches(loader, split)
             return
         features = self.split_image_features(loader, split).to(self.device)
-        labels = torch.tensor([item.label for item in loader.dataset.data_source], device=self.device)
+        labels = self.split_labels(loader)
         for begin in range(0, len(labels), loader.batch_size):
             yield self.classify(features[begin:begin + loader.batch_size]), labels[begin:begin + loader.batch_size]
+
+    def split_labels(self, loader):
+        """``[N]`` labels of an evaluation loader's split, in the order of its (unshuffled) items."""
+        return torch.tensor([item.label for item in loader.dataset.data_source], device=self.device)
 
     def split_image_features(self, loader, split):
         """``[N, d]`` normalised features of a (non-shuffled) evaluation split, computed once per backbone

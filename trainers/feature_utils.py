@@ -15,6 +15,7 @@ import hashlib
 
 import torch
 from torch import nn
+from vmfcoop.engine import compute_accuracy
 from vmfcoop.engine.cache import text_digest
 from vmfcoop.engine.data import build_data_loader
 from vmfcoop.engine.errors import ConfigError
@@ -42,11 +43,6 @@ def class_index_map(trained_digests, classnames):
     if not indices or any(i is None for i in indices):
         return None
     return torch.tensor(indices, dtype=torch.long, device=trained_digests.device)
-
-
-def accuracy(logits, labels):
-    """Top-1 accuracy in percent (a float)."""
-    return 100.0 * (logits.argmax(-1) == labels).float().mean().item()
 
 
 @torch.no_grad()
@@ -159,16 +155,11 @@ class FeatureTrainer(ClipTrainer):
         """``(features [N, d], labels [N])`` of the few-shot val split (test transform), or None without one."""
         if self.val_loader is None:
             return None
-        features = self.split_image_features(self.val_loader, "val").to(self.device)
-        labels = torch.tensor([item.label for item in self.val_loader.dataset.data_source], device=self.device)
-        return features, labels
+        return self.split_image_features(self.val_loader, "val").to(self.device), self.split_labels(self.val_loader)
 
     def before_train(self):
         super().before_train()
         self.val_data = self.val_features()
-        if self.val_data is None and self.cfg.TEST.FINAL_MODEL == "best_val":
-            raise ConfigError(f"{type(self).__name__}: TEST.FINAL_MODEL best_val needs a val split, and "
-                              f"{self.cfg.DATASET.NAME} has none; set TEST.FINAL_MODEL last_step.")
 
     # ------------------------------------------------------------ evaluation
 
@@ -204,7 +195,7 @@ class FeatureTrainer(ClipTrainer):
         """The val split is scored from its cached features (model selection runs it every epoch)."""
         if (split or self.cfg.TEST.SPLIT) == "val" and self.val_data is not None:
             features, labels = self.val_data
-            result = accuracy(self.classify_features(features), labels)
+            result = compute_accuracy(self.classify_features(features), labels)[0].item()
             if self.epoch_is_logged():
                 print(f"Evaluate on the *val* set (cached features): accuracy {result:.2f}%")
             return result

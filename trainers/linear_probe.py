@@ -19,9 +19,9 @@ import math
 
 import torch
 from torch.nn import functional as F
-from vmfcoop.engine import TRAINER_REGISTRY
+from vmfcoop.engine import TRAINER_REGISTRY, compute_accuracy
 
-from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts, accuracy
+from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts
 
 C_GRID = [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6]
 
@@ -113,7 +113,7 @@ class LinearProbe(FeatureTrainer):
         self.learner.weight.copy_(weight)
         self.learner.bias.copy_(bias)
         self.learner.c.fill_(c)
-        train_acc = accuracy(features @ weight.t() + bias, labels)
+        train_acc = compute_accuracy(features @ weight.t() + bias, labels)[0].item()
         print(f"Linear probe: C = {c:.4g}, train accuracy {train_acc:.2f}% on {len(labels)} features")
 
     def choose_c(self, features, labels):
@@ -126,7 +126,7 @@ class LinearProbe(FeatureTrainer):
         def score(c):
             weight, bias = self.fit(features, labels, c)
             logits = val_features @ weight.t() + bias
-            return accuracy(logits, val_labels), -F.cross_entropy(logits, val_labels).item()
+            return compute_accuracy(logits, val_labels)[0].item(), -F.cross_entropy(logits, val_labels).item()
 
         node = self.method_cfg
         c, (val_acc, neg_loss), _ = search_log_scale(score, list(node.C_GRID), node.REFINE_STEPS)

@@ -17,9 +17,9 @@ TEST.FINAL_MODEL best_val keeps the best epoch on the val split (the code keeps 
 """
 import torch
 from torch.nn import functional as F
-from vmfcoop.engine import TRAINER_REGISTRY
+from vmfcoop.engine import TRAINER_REGISTRY, compute_accuracy
 
-from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts, accuracy
+from .feature_utils import FEATURE_DEFAULTS, FeatureTrainer, FittedParts
 
 
 def class_sums(features, labels, num_classes):
@@ -122,7 +122,7 @@ class LPPlusPlus(FeatureTrainer):
         self.update_lr()
         if self.epoch_is_logged():
             print(f"epoch [{self.epoch + 1}/{self.max_epoch}] loss {loss.item():.4f} "
-                  f"acc {accuracy(logits, labels):.2f} alpha {probe.alpha.mean().item():.4g} "
+                  f"acc {compute_accuracy(logits, labels)[0].item():.2f} alpha {probe.alpha.mean().item():.4g} "
                   f"lr {self.get_current_lr():.4e}")
 
     def forward_backward(self, batch):
