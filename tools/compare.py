@@ -370,7 +370,7 @@ def comma_list(text, cast=str):
     try:
         return [cast(item) for item in items]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {cast.__name__} values, got '{text}'") from None
 
 
 def parse_args(argv):

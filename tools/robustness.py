@@ -76,6 +76,7 @@ from vmfcoop.trainers.text_features import prompt_bank_features, template_featur
 from yacs.config import CfgNode
 
 from . import aggregate
+from .compare import comma_list
 
 DEFAULT_PERTURBATIONS = "none,typo,synonym,swap_descriptions,truncate_descriptions,drop_words"
 DEFAULT_SEVERITY = 0.5
@@ -627,10 +628,6 @@ def write_outputs(reports, conditions, seed, out_dir):
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
-def comma_list(text, cast=str):
-    return [cast(item) for item in text.split(",") if item.strip()]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m vmfcoop.tools.robustness",
                                      description="Accuracy of trained runs under perturbed class names and "
@@ -655,7 +652,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         severities = comma_list(args.severity, float)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         print(f"error: --severity takes numbers in (0, 1] separated by commas, got {args.severity!r}", file=sys.stderr)
         return 2
     try:
